@@ -1,0 +1,91 @@
+"""Model surgery: apply a layer mapping to a HF causal LM in place, keeping it consistent
+(blocks, config depth fields, per-layer indices) in one function."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .families import Family, family_of
+from .operators import original_positions
+
+INITS = ("copy", "scaled_copy", "zero", "random")
+
+
+def check_init(init: str, beta: float) -> None:
+    if init not in INITS:
+        raise ValueError(f"init: unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init == "scaled_copy" and not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1] for scaled_copy, got {beta}")
+
+
+def _fresh_layer(model: nn.Module, template: nn.Module, idx: int) -> nn.Module:
+    # The family's own block class and the model's own _init_weights: what a fresh model of the
+    # new depth would hold at this position (config already describes the new depth).
+    layer = type(template)(model.config, idx)
+    ref = next(template.parameters())
+    layer.to(device=ref.device, dtype=ref.dtype)
+    layer.apply(model._init_weights)
+    return layer
+
+
+def _copy_layer(layer: nn.Module) -> nn.Module:
+    # nn.Parameter.__deepcopy__ clones data only, so gradients of the source are not copied.
+    return copy.deepcopy(layer)
+
+
+@torch.no_grad()
+def grow_layers(
+    model: nn.Module, mapping: Sequence[int | None], init: str = "copy", beta: float = 1.0
+) -> list[tuple[int, int | None]]:
+    """Rebuild ``model``'s block list from ``mapping`` in place.
+
+    Old layers move to their first position in the mapping (same module objects, so parameters,
+    optimizer references and hooks survive); other positions hold copies, or fresh layers where
+    the mapping says ``None``. Then ``init`` is applied to the new layers:
+    ``copy`` leaves them, ``scaled_copy`` multiplies each residual-branch output projection by
+    ``beta``, ``zero`` zeroes them (the new blocks are the identity, so the model computes exactly
+    the same function). Returns ``[(new_position, source_old_index_or_None)]`` for new layers.
+    """
+    family = family_of(model)
+    check_init(init, beta)
+    old = family.layers(model)
+    keep = original_positions(mapping, len(old))
+    kept = dict(zip(keep, range(len(old))))
+    family.update_config(model.config, list(mapping))
+
+    layers, added = [], []
+    for i, src in enumerate(mapping):
+        if i in kept:
+            layers.append(old[kept[i]])
+            continue
+        layer = _fresh_layer(model, old[0], i) if src is None else _copy_layer(old[src])
+        if init in ("scaled_copy", "zero"):
+            for name in family.out_projections:
+                proj = layer.get_submodule(name)
+                for p in (proj.weight, getattr(proj, "bias", None)):
+                    if p is not None:
+                        p.mul_(beta if init == "scaled_copy" else 0.0)
+        layers.append(layer)
+        added.append((i, src))
+
+    for i, layer in enumerate(layers):
+        family.fix_layer(layer, i, model.config)
+    family.set_layers(model, nn.ModuleList(layers))
+    return added
+
+
+def parameter_sources(family: Family, mapping: Sequence[int | None], depth: int, layer_param_names: Sequence[str]) -> dict[str, str | None]:
+    """Full parameter name in the grown model -> name of the old parameter it comes from (itself
+    for kept layers, its source for copies, None for fresh layers), for block parameters only.
+    Checkpoints and ZeRO partitions are moved by this table; it is derived from the mapping alone."""
+    keep = set(original_positions(mapping, depth))
+    prefix = family.layers_path
+    table: dict[str, str | None] = {}
+    for i, src in enumerate(mapping):
+        for name in layer_param_names:
+            table[f"{prefix}.{i}.{name}"] = None if src is None else f"{prefix}.{src}.{name}"
+    return table
