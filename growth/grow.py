@@ -55,10 +55,15 @@ def grow(
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     family = family_of(model)
     mapping = plan(model, depth, operator, init, block)
+    if optimizer is not None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in family.layers(model).named_parameters() if p.requires_grad and id(p) not in known]
+        if missing:  # checked before any surgery, so a bad call leaves model and optimizer as they were
+            raise ValueError(f"optimizer: block parameters {missing[:3]} are not in the optimizer; build it on this model")
     old = list(family.layers(model))
     added = grow_layers(model, mapping, init, beta)
     if optimizer is not None:
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         layers = family.layers(model)
         new_params = []
         for i, src in added:
