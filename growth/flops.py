@@ -41,6 +41,7 @@ costs wall-clock time but is not useful work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox")
 _GATED_MLP_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -134,3 +135,23 @@ def training_flops_per_token(config, seq_len: int, depth: int | None = None) -> 
 def model_flops_per_token(model, seq_len: int) -> float:
     """`training_flops_per_token` of `model` at its config's current depth."""
     return training_flops_per_token(model.config, seq_len)
+
+
+def cumulative_training_flops(step_schedule, step: int, tokens_per_step: int, flops_per_token: Callable[[int], float]) -> float:
+    """Training FLOPs spent in the first ``step`` optimizer steps of a run that follows
+    ``step_schedule`` (a GrowthSchedule in unit "steps"): each step costs
+    ``flops_per_token(depth in force during that step) * tokens_per_step``.
+
+    A pure function of the schedule, so a resumed run reports the same compute as an
+    uninterrupted one. The depth in force during step t (0-based) is ``depth_at(t)``: a growth
+    at point p happens after p steps and applies from step p on.
+    """
+    if step_schedule.unit != "steps":
+        raise ValueError(f"cumulative_training_flops needs a schedule in steps, got unit {step_schedule.unit!r}")
+    bounds = [0] + [int(p) for p, _ in step_schedule.points] + [None]
+    depths = [step_schedule.initial_depth] + [d for _, d in step_schedule.points]
+    total = 0.0
+    for start, end, depth in zip(bounds[:-1], bounds[1:], depths):
+        n = max(0, min(step, end if end is not None else step) - start)
+        total += n * tokens_per_step * flops_per_token(depth)
+    return total

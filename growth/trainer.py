@@ -1,0 +1,252 @@
+"""HF Trainer integration: the only module that knows the Trainer's internals.
+
+One line adds depth growth to any ``transformers.Trainer`` or subclass (TRL's SFTTrainer...)::
+
+    trainer = growth.enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "fraction",
+                                                          "points": [[0.3, 4], [0.6, 6]]}})
+
+It gives the trainer instance a subclass that (1) grows the model when the schedule says so,
+inside the run, (2) re-wraps it (DDP) or rebuilds the DeepSpeed engine (growth/deepspeed.py), and
+(3) reads the wrapped model from ``self.model_wrapped`` where the Trainer passes a local variable
+that a growth made stale. The depth at any step is a function of the schedule, so resuming a
+checkpoint first grows the model to the checkpoint's depth, then loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import GrowthConfig
+from .flops import cumulative_training_flops, training_flops_per_token
+from .grow import current_depth, grow
+from .schedule import GrowthSchedule
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "growth_events.jsonl"
+
+
+def _say(msg: str) -> None:
+    try:  # beside the Trainer's progress bar, not through it
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+    except ImportError:
+        print(msg, flush=True)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    # ZeRO-3 replaces partitioned parameters by empty placeholders that carry ds_numel.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+class GrowingTrainerMixin:
+    """Mixed into the trainer's own class by ``enable_growth``; see the module docstring."""
+
+    growth_config: GrowthConfig
+    growth_steps: GrowthSchedule | None = None  # the schedule in optimizer steps, once the run's length is known
+
+    # --- schedule and compute, as pure functions of the step ---------------------------------
+    def _tokens_per_step(self) -> int:
+        a = self.args
+        return self._growth_seq_len * a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+
+    def _flops_per_token(self, depth: int) -> float:
+        return training_flops_per_token(self.model.config, self._growth_seq_len, depth)
+
+    def _resolve_growth_schedule(self) -> None:
+        if self._growth_seq_len is None:
+            self._growth_seq_len = len(self.train_dataset[0]["input_ids"])
+        args = self.args
+        max_steps = args.max_steps
+        if max_steps <= 0:
+            max_steps = self.set_initial_training_values(args, self.get_train_dataloader())[-1]
+        schedule = self.growth_config.schedule or GrowthSchedule(initial_depth=current_depth(self.model), points=())
+        self.growth_steps = schedule.to_steps(max_steps, self._tokens_per_step(), self._flops_per_token)
+
+    def compute_at(self, step: int) -> dict:
+        tokens = step * self._tokens_per_step()
+        flops = cumulative_training_flops(self.growth_steps, step, self._tokens_per_step(), self._flops_per_token)
+        return {"compute/tokens": tokens, "compute/flops": flops}
+
+    # --- Trainer overrides --------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint: no checkpoint found in output_dir {self.args.output_dir}")
+        self._resolve_growth_schedule()
+        if resume_from_checkpoint:
+            # The checkpoint holds the grown model: build that structure before the Trainer loads it.
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            target = self.growth_steps.depth_at(state.global_step)
+            if target > current_depth(self.model):
+                self._grow_model(target, optimizer=None)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(self.model_wrapped, inputs, num_items_in_batch)
+
+    def _clip_grad_norm(self, model):
+        return super()._clip_grad_norm(self.model_wrapped)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        return super()._get_grad_norm(self.model_wrapped, grad_norm=grad_norm)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs):
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, self.model_wrapped, *args, **kwargs)
+
+    def log(self, logs, *args, **kwargs):
+        # Added here, before the callbacks run, so wandb / TensorBoard / metrics.jsonl all see them.
+        if self.growth_steps is not None and self.state.global_step is not None:
+            logs.update(self.compute_at(self.state.global_step))
+            logs["growth/depth"] = current_depth(self.model)
+            logs["growth/params"] = count_params(self.model)
+        return super().log(logs, *args, **kwargs)
+
+    # --- growth --------------------------------------------------------------------------------
+    def _grow_model(self, depth: int, optimizer) -> list:
+        g = self.growth_config
+        return grow(self.model, depth, g.operator, g.init, optimizer, beta=g.beta, block=g.block,
+                    optimizer_state=g.optimizer_state)
+
+    def _recent_train_loss(self) -> float | None:
+        """Mean training loss of the steps since the last log (all at the old depth), this process."""
+        steps = self.state.global_step - self._globalstep_last_logged
+        if steps > 0:
+            return self._tr_loss.item() / steps
+        return next((h["loss"] for h in reversed(self.state.log_history) if "loss" in h), None)
+
+    def grow_now(self, depth: int) -> dict:
+        """Grow the running model (and its optimizer / wrapper / engine) to ``depth``."""
+        start = time.perf_counter()
+        from_depth = current_depth(self.model)
+        if self.is_deepspeed_enabled:
+            from .deepspeed import grow_engine
+
+            mapping = grow_engine(self, depth)
+        else:
+            mapping = self._grow_model(depth, self.optimizer)
+            if self.model_wrapped is not self.model:  # DDP registered its hooks on the old parameters
+                acc = self.accelerator
+                acc._models = [m for m in acc._models if m is not self.model_wrapped]
+                self.model_wrapped = acc.prepare_model(self.model)
+        g = self.growth_config
+        event = {"step": self.state.global_step, "from_depth": from_depth, "to_depth": depth, "operator": g.operator,
+                 "init": g.init, "beta": g.beta, "optimizer_state": g.optimizer_state, "mapping": mapping,
+                 "seconds": time.perf_counter() - start, "params": count_params(self.model),
+                 "loss_before": self._recent_train_loss(),
+                 **{k.split("/")[1]: v for k, v in self.compute_at(self.state.global_step).items()}}
+        if self.is_world_process_zero():
+            _say(f"[growth] step {event['step']}: depth {from_depth} -> {depth} ({g.operator}, {g.init}) "
+                 f"in {event['seconds']:.2f} s, {event['params']:,} params")
+        return event
+
+
+class GrowthCallback(TrainerCallback):
+    """Decides *when*: after each optimizer step, grows to the schedule's depth for that step.
+    Also applies the optional LR re-warmup, a function of the steps since the last growth."""
+
+    def __init__(self, trainer: GrowingTrainerMixin):
+        self.trainer = trainer
+        self.events: list[dict] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        t, warm = self.trainer, self.trainer.growth_config.rewarmup_steps
+        if not warm or t.growth_steps is None:
+            return
+        last = max((p for p, _ in t.growth_steps.points if p <= state.global_step), default=None)
+        if last is not None and state.global_step - last < warm:
+            factor = (state.global_step - last + 1) / (warm + 1)
+            for group, lr in zip(t.optimizer.param_groups, t.lr_scheduler.get_last_lr()):
+                group["lr"] = lr * factor  # the scheduler recomputes lr from its base next step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = self.trainer
+        target = t.growth_steps.depth_at(state.global_step)
+        if target > current_depth(t.model):
+            event = t.grow_now(target)
+            self.events.append(event)
+            for cb in t.callback_handler.callbacks:
+                if hasattr(cb, "on_growth"):
+                    cb.on_growth(args, state, event)
+
+
+class RunLogCallback(TrainerCallback):
+    """Writes ``metrics.jsonl`` and ``growth_events.jsonl`` into ``output_dir`` (main process only).
+
+    On resume, lines past the checkpoint's step are dropped, so the files read as one
+    uninterrupted run."""
+
+    def __init__(self, output_dir: str):
+        self.dir = output_dir
+        self.wall_offset = 0.0
+        self.start = time.time()
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _truncate(self, name, step):
+        kept = []
+        if step > 0 and os.path.exists(self._path(name)):
+            with open(self._path(name)) as f:
+                kept = [json.loads(line) for line in f if line.strip()]
+            kept = [r for r in kept if r.get("step", 0) <= step]
+        with open(self._path(name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        return kept
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        kept = self._truncate(METRICS_FILE, state.global_step)
+        self._truncate(EVENTS_FILE, state.global_step)
+        self.wall_offset = max((r.get("wall_time", 0.0) for r in kept), default=0.0)
+        self.start = time.time()
+
+    def _append(self, name, record):
+        with open(self._path(name), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_growth(self, args, state, event):
+        if state.is_world_process_zero:
+            self._append(EVENTS_FILE, {**event, "wall_time": self.wall_offset + time.time() - self.start})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or not ({"loss", "eval_loss"} & logs.keys()):
+            return
+        record = {"step": state.global_step, "wall_time": self.wall_offset + time.time() - self.start}
+        for key, value in logs.items():
+            record[key.split("/", 1)[1] if key.startswith(("growth/", "compute/")) else key] = value
+        self._append(METRICS_FILE, record)
+
+
+def enable_growth(trainer: Trainer, growth: GrowthConfig | dict, *, seq_len: int | None = None,
+                  run_log: bool = True) -> Trainer:
+    """Add depth growth to ``trainer`` (any Trainer subclass) in place; returns it.
+
+    ``seq_len`` (tokens per sequence, for tokens / FLOPs accounting) defaults to the length of
+    the first training example. ``run_log`` writes metrics.jsonl / growth_events.jsonl.
+    """
+    if not isinstance(trainer, Trainer):
+        raise ValueError(f"enable_growth needs a transformers.Trainer, got {type(trainer).__name__}")
+    config = growth if isinstance(growth, GrowthConfig) else GrowthConfig(**growth)
+    depth = current_depth(trainer.model)  # also rejects unsupported families, before any compute
+    if config.schedule is not None and config.schedule.initial_depth != depth:
+        raise ValueError(f"growth.schedule.initial_depth is {config.schedule.initial_depth} but the model has {depth} layers")
+    if not isinstance(trainer, GrowingTrainerMixin):
+        cls = type(trainer)
+        trainer.__class__ = type(f"Growing{cls.__name__}", (GrowingTrainerMixin, cls), {})
+    trainer.growth_config = config
+    trainer._growth_seq_len = seq_len
+    trainer.add_callback(GrowthCallback(trainer))
+    if run_log:
+        trainer.add_callback(RunLogCallback(trainer.args.output_dir))
+    return trainer
