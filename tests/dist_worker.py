@@ -1,0 +1,77 @@
+"""A tiny growth run for the multi-process tests: `accelerate launch ... tests/dist_worker.py OUT [ds_config]`.
+
+Each rank writes OUT/rank{R}.json with its losses, grad norms, growth events and parameter checksums
+taken right after each growth and at the end, so the test can compare backends and ranks.
+"""
+
+import json
+import os
+import sys
+
+import datasets
+import torch
+import transformers
+
+from growth.distributed import cpu_distributed_shim
+from growth.trainer import enable_growth
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import tiny_model  # noqa: E402
+
+out = sys.argv[1]
+ds_config = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "none" else None
+max_steps = int(os.environ.get("GROWTH_TEST_STEPS", 8))
+resume = os.environ.get("GROWTH_TEST_RESUME")
+save_steps = int(os.environ.get("GROWTH_TEST_SAVE_STEPS", 0))
+world = int(os.environ.get("WORLD_SIZE", 1))
+cpu_distributed_shim(deepspeed=ds_config is not None)
+
+g = torch.Generator().manual_seed(0)
+starts = torch.randint(2, 60, (128, 1), generator=g)
+ids = ((starts + torch.arange(16)) % 95 + 2).tolist()
+data = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+# Same global batch (8) on 1 or 2 processes.
+args = transformers.TrainingArguments(
+    out, max_steps=max_steps, per_device_train_batch_size=8 // world, learning_rate=3e-3, logging_steps=1,
+    report_to=[], use_cpu=True, disable_tqdm=True, seed=0, lr_scheduler_type="linear", warmup_steps=2,
+    save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, deepspeed=ds_config,
+    max_grad_norm=1.0, accelerator_config={"use_configured_state": True} if ds_config else None,
+    dataloader_drop_last=True)
+model = tiny_model("llama", layers=2).train()
+trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 3], [5, 4]]},
+                        "operator": os.environ.get("GROWTH_TEST_OPERATOR", "stack_last")})
+
+
+def checksums(model):
+    from growth.distributed import full_parameters
+
+    return {n: float(p.double().sum()) for n, p in full_parameters(trainer)}
+
+
+snap = {}
+
+
+class Snap(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in (3, 5):
+            snap[state.global_step] = checksums(trainer.model)
+
+
+trainer.add_callback(Snap())
+trainer.train(resume_from_checkpoint=resume)
+result = {
+    "loss": {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h},
+    "grad_norm": {h["step"]: h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h},
+    "snap": snap, "final": checksums(trainer.model), "depth": trainer.model.config.num_hidden_layers,
+    "global_step": trainer.state.global_step,
+    "ds_global_steps": getattr(trainer.model_wrapped, "global_steps", None),
+}
+rank = int(os.environ.get("RANK", 0))
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(result, f)
+trainer.accelerator.free_memory()
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
