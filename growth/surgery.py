@@ -37,6 +37,17 @@ def _copy_layer(layer: nn.Module) -> nn.Module:
     return copy.deepcopy(layer)
 
 
+def init_factor(family: Family, param_name: str, init: str, beta: float) -> float:
+    """Factor that ``init`` applies to a parameter of a new layer (a full or layer-relative name):
+    ``beta`` (scaled_copy) or 0 (zero) on the residual-branch output projections, else 1."""
+    if init not in ("scaled_copy", "zero"):
+        return 1.0
+    module = "." + param_name.rsplit(".", 1)[0]
+    if any(module.endswith("." + proj) for proj in family.out_projections):
+        return beta if init == "scaled_copy" else 0.0
+    return 1.0
+
+
 @torch.no_grad()
 def grow_layers(
     model: nn.Module, mapping: Sequence[int | None], init: str = "copy", beta: float = 1.0
@@ -63,12 +74,10 @@ def grow_layers(
             layers.append(old[kept[i]])
             continue
         layer = _fresh_layer(model, old[0], i) if src is None else _copy_layer(old[src])
-        if init in ("scaled_copy", "zero"):
-            for name in family.out_projections:
-                proj = layer.get_submodule(name)
-                for p in (proj.weight, getattr(proj, "bias", None)):
-                    if p is not None:
-                        p.mul_(beta if init == "scaled_copy" else 0.0)
+        for name, p in layer.named_parameters():
+            factor = init_factor(family, name, init, beta)
+            if factor != 1.0:
+                p.mul_(factor)
         layers.append(layer)
         added.append((i, src))
 
@@ -82,10 +91,16 @@ def parameter_sources(family: Family, mapping: Sequence[int | None], depth: int,
     """Full parameter name in the grown model -> name of the old parameter it comes from (itself
     for kept layers, its source for copies, None for fresh layers), for block parameters only.
     Checkpoints and ZeRO partitions are moved by this table; it is derived from the mapping alone."""
-    keep = set(original_positions(mapping, depth))
+    original_positions(mapping, depth)  # validates
     prefix = family.layers_path
     table: dict[str, str | None] = {}
     for i, src in enumerate(mapping):
         for name in layer_param_names:
             table[f"{prefix}.{i}.{name}"] = None if src is None else f"{prefix}.{src}.{name}"
     return table
+
+
+def kept_parameters(family: Family, mapping: Sequence[int | None], depth: int, layer_param_names: Sequence[str]) -> set[str]:
+    """Names (in the grown model) of the block parameters that are old parameters moved, not copies."""
+    prefix = family.layers_path
+    return {f"{prefix}.{i}.{n}" for i in original_positions(mapping, depth) for n in layer_param_names}
