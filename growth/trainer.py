@@ -85,9 +85,10 @@ class GrowingTrainerMixin:
         if resume_from_checkpoint:
             # The checkpoint holds the grown model: build that structure before the Trainer loads it.
             state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
-            target = self.growth_steps.depth_at(state.global_step)
-            if target > current_depth(self.model):
-                self._grow_model(target, optimizer=None)
+            # Through each event in turn, so per-layer config (e.g. Qwen's layer_types) follows the same mappings.
+            for point, depth in self.growth_steps.points:
+                if point <= state.global_step and depth > current_depth(self.model):
+                    self._grow_structure(depth)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -115,6 +116,24 @@ class GrowingTrainerMixin:
         g = self.growth_config
         return grow(self.model, depth, g.operator, g.init, optimizer, beta=g.beta, block=g.block,
                     optimizer_state=g.optimizer_state)
+
+    def _grow_structure(self, depth: int) -> None:
+        """Give the model the structure of ``depth`` layers; its weights come from a checkpoint next."""
+        if any(hasattr(p, "ds_id") for p in self.model.parameters()):
+            # Partitioned by ZeRO-3's zero.Init: surgery on placeholders is meaningless; rebuild the
+            # model (partitioned again by zero.Init) from the grown config instead.
+            import copy
+
+            from .families import family_of
+            from .grow import plan
+
+            g = self.growth_config
+            config = copy.deepcopy(self.model.config)
+            family_of(config).update_config(config, plan(self.model, depth, g.operator, g.init, g.block))
+            dtype = next(self.model.parameters()).dtype
+            self.model = self.model_wrapped = type(self.model)._from_config(config, dtype=dtype)
+        else:
+            self._grow_model(depth, optimizer=None)
 
     def _recent_train_loss(self) -> float | None:
         """Mean training loss of the steps since the last log (all at the old depth), this process."""

@@ -31,6 +31,9 @@ starts = torch.randint(2, 60, (128, 1), generator=g)
 ids = ((starts + torch.arange(16)) % 95 + 2).tolist()
 data = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
 
+# Built before TrainingArguments, so ZeRO-3's zero.Init does not re-draw the initial weights:
+# every backend starts from the same model.
+model = tiny_model("llama", layers=2).train()
 # Same global batch (8) on 1 or 2 processes.
 args = transformers.TrainingArguments(
     out, max_steps=max_steps, per_device_train_batch_size=8 // world, learning_rate=3e-3, logging_steps=1,
@@ -38,7 +41,6 @@ args = transformers.TrainingArguments(
     save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, deepspeed=ds_config,
     max_grad_norm=1.0, accelerator_config={"use_configured_state": True} if ds_config else None,
     dataloader_drop_last=True)
-model = tiny_model("llama", layers=2).train()
 trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
 enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 3], [5, 4]]},
                         "operator": os.environ.get("GROWTH_TEST_OPERATOR", "stack_last")})
