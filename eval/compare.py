@@ -33,8 +33,11 @@ Definitions (also written into report.md):
   loss at baseline FLOPs   the run's eval curve at the baseline FLOPs, same interpolation; "n/a"
                    outside the run's evaluated range.
   loss jump        per growth event at step s: first training loss logged at a step > s minus the
-                   last one logged at a step <= s (likewise for eval loss). A logged training loss
-                   is a mean over the logging interval, so log every step for sharp jumps.
+                   last one logged at a step <= s; eval loss: first eval at a step >= s minus the
+                   last one at a step < s. (The growth runs at the end of step s, before that
+                   step's log and eval: the training loss logged at s is the old model's, a mean
+                   since the previous log, and an eval at s is the grown model's.) Log every step
+                   for sharp training-loss jumps.
   exceeds spread   two labels differ beyond the seed spread when |mean difference| > 2 * pooled
                    sample std (needs >= 2 seeds in each, with a value for every seed).
 
@@ -202,17 +205,18 @@ def read_wandb_history(path: Path) -> list[dict]:
     return rows
 
 
-# Our metric name -> wandb history keys to take it from, first present wins. "_step" is wandb's
-# row counter, not the optimizer step, so it is not a source for "step".
+# Our metric name -> wandb history keys to take it from, first present wins. The HF WandbCallback
+# renames "eval_x" to "eval/x" and any other key k to "train/k" (so our "compute/flops" arrives as
+# "train/compute/flops"). "_step" is wandb's row counter, not the optimizer step: not a "step" source.
 WANDB_KEYS = {
     "step": ("train/global_step", "global_step", "step"),
     "loss": ("train/loss", "loss"),
     "eval_loss": ("eval/loss", "eval_loss"),
-    "flops": ("compute/flops", "flops"),
-    "tokens": ("compute/tokens", "tokens"),
-    "wall_time": ("compute/wall_time", "wall_time", "_runtime"),
-    "depth": ("growth/depth", "depth"),
-    "params": ("growth/params", "compute/params", "params"),
+    "flops": ("train/compute/flops", "compute/flops", "flops"),
+    "tokens": ("train/compute/tokens", "compute/tokens", "tokens"),
+    "wall_time": ("train/compute/wall_time", "compute/wall_time", "wall_time", "_runtime"),
+    "depth": ("train/growth/depth", "growth/depth", "depth"),
+    "params": ("train/growth/params", "growth/params", "params"),
     "learning_rate": ("train/learning_rate", "learning_rate"),
     "grad_norm": ("train/grad_norm", "grad_norm"),
     "epoch": ("train/epoch", "epoch"),
@@ -387,7 +391,12 @@ def analyze(runs: list[Run], baseline: str | None) -> Analysis:
         results[id(r)] = run_result(xs, ys, r.total("flops"), target, base_flops)
         t_steps, t_loss = [x["step"] for x in r.train], [x["loss"] for x in r.train]
         e_steps, e_loss = [x["step"] for x in r.evals], [x["eval_loss"] for x in r.evals]
-        jumps[id(r)] = [(loss_jump(t_steps, t_loss, ev["step"]), loss_jump(e_steps, e_loss, ev["step"])) for ev in r.events]
+        # The growth runs in on_step_end of its step; the Trainer logs and evaluates after that, so
+        # the training loss logged at that step is still the old model's, an eval at that step the new one's.
+        jumps[id(r)] = [
+            (loss_jump(t_steps, t_loss, ev["step"]), loss_jump(e_steps, e_loss, ev["step"], step_is_after=True))
+            for ev in r.events
+        ]
     return Analysis(runs, labels, base, target, base_flops, results, jumps)
 
 
@@ -432,8 +441,13 @@ def _num(v: float | None, kind: str) -> str:
     return f"{v:.4f}"
 
 
-_KIND = {"final_eval_loss": "loss", "total_flops": "flops", "flops_to_target": "flops", "flops_saved_pct": "pct", "loss_at_baseline_flops": "loss"}
-_MISSING = {"flops_to_target": "not reached", "flops_saved_pct": "not reached", "loss_at_baseline_flops": "n/a", "final_eval_loss": "n/a", "total_flops": "n/a"}
+# Per RESULT_FIELDS entry: number format, what a missing value means, table header.
+_KIND = {"final_eval_loss": "loss", "total_flops": "flops", "flops_to_target": "flops", "flops_saved_pct": "pct",
+         "loss_at_baseline_flops": "loss"}
+_MISSING = {"final_eval_loss": "n/a", "total_flops": "n/a", "flops_to_target": "not reached",
+            "flops_saved_pct": "not reached", "loss_at_baseline_flops": "n/a"}
+_HEADERS = {"final_eval_loss": "final eval loss", "total_flops": "total FLOPs", "flops_to_target": "FLOPs to target",
+            "flops_saved_pct": "FLOPs saved %", "loss_at_baseline_flops": "loss at baseline FLOPs"}
 
 
 def _fmt_run_value(v: float | None, f: str) -> str:
@@ -514,7 +528,8 @@ def write_csv(a: Analysis, out_dir: Path) -> None:
     for label in a.labels:
         for r in a.runs_of(label):
             res = a.results[id(r)]
-            row = {"kind": "run", "label": label, "name": r.name, "seed": r.seed, "n_seeds": 1, "baseline": r.baseline, "path": str(r.path)}
+            row = {"kind": "run", "label": label, "name": r.name, "seed": r.seed, "n_seeds": 1, "baseline": r.baseline,
+                   "path": str(r.path)}
             for f in RESULT_FIELDS:
                 row[f] = getattr(res, f)
                 row[f + "_missing"] = int(getattr(res, f) is None)
@@ -523,7 +538,9 @@ def write_csv(a: Analysis, out_dir: Path) -> None:
         for f, s in label_spreads(a, label).items():
             # A mean over only the seeds that reached the target would be biased: leave it empty.
             ok = s.missing == 0 and s.n > 0
-            row.update({f: s.mean if ok else None, f + "_std": s.std if ok else None, f + "_min": s.min if ok else None, f + "_max": s.max if ok else None, f + "_missing": s.missing})
+            for suffix, v in (("", s.mean), ("_std", s.std), ("_min", s.min), ("_max", s.max)):
+                row[f + suffix] = v if ok else None
+            row[f + "_missing"] = s.missing
         rows.append(row)
     with open(out_dir / "report.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -539,13 +556,13 @@ def write_csv(a: Analysis, out_dir: Path) -> None:
         for label in a.labels:
             for r in a.runs_of(label):
                 for k, (ev, (tj, ej)) in enumerate(zip(r.events, a.jumps[id(r)])):
-                    row = {"label": label, "name": r.name, "seed": r.seed, "event": k, **{c: ev.get(c) for c in ("step", "from_depth", "to_depth", "operator", "flops", "seconds")}}
+                    row = {"label": label, "name": r.name, "seed": r.seed, "event": k}
+                    row.update({c: ev.get(c) for c in ("step", "from_depth", "to_depth", "operator", "flops", "seconds")})
                     for pre, j in (("train", tj), ("eval", ej)):
-                        row.update({f"{pre}_loss_before": j.before, f"{pre}_loss_after": j.after, f"{pre}_jump": j.jump, f"{pre}_before_step": j.before_step, f"{pre}_after_step": j.after_step})
+                        row.update({f"{pre}_loss_before": j.before, f"{pre}_loss_after": j.after, f"{pre}_jump": j.jump,
+                                    f"{pre}_before_step": j.before_step, f"{pre}_after_step": j.after_step})
                     w.writerow({k2: ("" if v is None else v) for k2, v in row.items()})
 
-
-_HEADERS = {"final_eval_loss": "final eval loss", "total_flops": "total FLOPs", "flops_to_target": "FLOPs to target", "flops_saved_pct": "FLOPs saved %", "loss_at_baseline_flops": "loss at baseline FLOPs"}
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -577,8 +594,9 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
         "(\"not reached\" if the curve never gets there).",
         "- *FLOPs saved %*: 100 × (1 − FLOPs to target / baseline FLOPs).",
         "- *loss at baseline FLOPs*: the run's eval curve at the baseline FLOPs, same interpolation; n/a outside its evaluated range.",
-        "- *loss jump* at a growth event at step s: first loss logged at a step > s minus the last logged at a step <= s "
-        "(training loss: a mean over the logging interval; eval loss: the nearest evals on each side).",
+        "- *loss jump* at a growth event at step s (the growth runs at the end of step s, before that step's log and eval): "
+        "training loss: first logged at a step > s minus the last logged at a step <= s (a logged loss is a mean over "
+        "the logging interval); eval loss: first eval at a step >= s minus the last eval at a step < s.",
         "- Label rows: mean ± sample std [min, max] over seeds; when a seed has no value the label shows how many lack it and no mean.",
         "- A difference between two labels *exceeds the seed spread* when |difference of means| > 2 × pooled sample std "
         "(needs ≥ 2 seeds per label). With 2–3 seeds this is a rough screen, not a significance test.",
@@ -597,13 +615,15 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
     for label in a.labels:
         for r in a.runs_of(label):
             res = a.results[id(r)]
-            rows.append([f"`{label}`", r.name, r.seed, len(r.evals), r.source] + [_fmt_run_value(getattr(res, f), f) for f in fields])
+            values = [_fmt_run_value(getattr(res, f), f) for f in fields]
+            rows.append([f"`{label}`", r.name, r.seed, len(r.evals), r.source] + values)
     L += _md_table(["label", "run", "seed", "evals", "source"] + [_HEADERS[f] for f in fields], rows)
     L += ["", "## Differences between labels", ""]
     rows = []
     for row in seed_spread_rows(a):
         k = _KIND[row["field"]]
-        rows.append([f"`{row['a']}`", f"`{row['b']}`", _HEADERS[row["field"]], _num(row["diff"], k) or "n/a", _num(row["threshold"], k) or "n/a", row["verdict"]])
+        rows.append([f"`{row['a']}`", f"`{row['b']}`", _HEADERS[row["field"]], _num(row["diff"], k) or "n/a",
+                     _num(row["threshold"], k) or "n/a", row["verdict"]])
     if rows:
         L += ["Difference = mean(b) − mean(a).", ""]
         L += _md_table(["a", "b", "quantity", "difference", "2 × pooled std", "verdict"], rows)
@@ -622,9 +642,13 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
             tj = spread([j[0].jump for _, _, j in evs])
             ej = spread([j[1].jump for _, _, j in evs])
             gaps = sorted({(j[0].before_step, j[0].after_step) for _, _, j in evs if j[0].jump is not None})
-            rows.append([f"`{label}`", k, ",".join(map(str, steps)), f"{ev0.get('from_depth')}→{ev0.get('to_depth')}", ev0.get("operator", ""), len(evs), _fmt_jump(tj), ",".join(f"{b}→{c}" for b, c in gaps), _fmt_jump(ej)])
+            depth = f"{ev0.get('from_depth')}→{ev0.get('to_depth')}"
+            used = ",".join(f"{b}→{c}" for b, c in gaps)
+            rows.append([f"`{label}`", k, ",".join(map(str, steps)), depth, ev0.get("operator", ""), len(evs),
+                         _fmt_jump(tj), used, _fmt_jump(ej)])
     if rows:
-        L += _md_table(["label", "event", "step", "depth", "operator", "seeds", "train loss jump", "train steps used", "eval loss jump"], rows)
+        header = ["label", "event", "step", "depth", "operator", "seeds", "train loss jump", "train steps used", "eval loss jump"]
+        L += _md_table(header, rows)
         L += ["", "Per run and event: `growth_jumps.csv`."]
     else:
         L += ["No growth events."]

@@ -143,11 +143,9 @@ def mean_curve(
 class Jump:
     """Loss right before and right after a growth event at optimizer step `step`.
 
-    before: the last value logged at a step <= `step` (the growth runs after that step's update,
-    so that step's logged loss is still the old model's); after: the first value logged at a
-    step > `step`. `jump = after - before`. Either side is None when nothing was logged there.
-    The gap fields give the distance in steps, since a logged training loss is a mean over the
-    logging interval: the jump is sharp only with a short interval.
+    `jump = after - before`; either side is None when nothing was logged there. The *_step fields
+    give the steps used: a logged training loss is a mean over the logging interval, so the jump is
+    sharp only with a short interval.
     """
 
     step: int
@@ -158,10 +156,17 @@ class Jump:
     after_step: int | None
 
 
-def loss_jump(steps: Sequence[int], losses: Sequence[float], step: int) -> Jump:
+def loss_jump(steps: Sequence[int], losses: Sequence[float], step: int, step_is_after: bool = False) -> Jump:
+    """before: the last value logged before the growth; after: the first value logged after it.
+
+    A value logged at `step` itself counts as before by default (a training loss logged at the
+    growth step was computed by the old model) and as after with `step_is_after` (an eval at the
+    growth step runs on the grown model).
+    """
     _check_curve(steps, losses)
-    before = [(s, v) for s, v in zip(steps, losses) if s <= step]
-    after = [(s, v) for s, v in zip(steps, losses) if s > step]
+    is_before = (lambda s: s < step) if step_is_after else (lambda s: s <= step)
+    before = [(s, v) for s, v in zip(steps, losses) if is_before(s)]
+    after = [(s, v) for s, v in zip(steps, losses) if not is_before(s)]
     b = before[-1] if before else (None, None)
     a = after[0] if after else (None, None)
     jump = a[1] - b[1] if before and after else None

@@ -7,6 +7,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,9 @@ def test_loss_jump_uses_last_log_at_or_before_and_first_after():
     j = loss_jump([8, 9, 10, 11, 12], [3.0, 2.9, 2.8, 3.4, 3.2], 10)
     assert (j.before, j.after, j.before_step, j.after_step) == (2.8, 3.4, 10, 11)
     assert j.jump == pytest.approx(0.6)
+    # Evals: one at the growth step itself already sees the grown model.
+    j = loss_jump([5, 10, 15], [2.0, 2.5, 2.2], 10, step_is_after=True)
+    assert (j.before, j.after, j.before_step, j.after_step) == (2.0, 2.5, 5, 10)
     j = loss_jump([8, 9], [3.0, 2.9], 10)
     assert (j.before, j.after, j.jump) == (2.9, None, None)
 
@@ -192,7 +197,8 @@ def test_compare_numbers_on_synthetic_runs(runs, tmp_path):
     for j in jumps:
         assert float(j["train_jump"]) == pytest.approx(0.49)
         assert (j["train_before_step"], j["train_after_step"]) == ("10", "11")
-        assert (j["eval_before_step"], j["eval_after_step"]) == ("10", "15")
+        # The eval at step 10 runs after the growth at the end of step 10.
+        assert (j["eval_before_step"], j["eval_after_step"]) == ("5", "10")
 
     md = (out / "report.md").read_text()
     assert "not reached (1/2 seeds)" in md
@@ -252,21 +258,42 @@ import sys, wandb
 run = wandb.init(project="p", dir=sys.argv[1], mode="offline", config={"a": 1})
 run.log({f"junk/{i}": float(i) for i in range(4000)})  # one record > 32 KiB: split across blocks
 for step in range(1, 21):
-    run.log({"train/loss": 3 - 0.01 * step, "train/global_step": step, "compute/flops": 10.0 * step,
-             "compute/tokens": 4 * step, "growth/depth": 2})
+    # Key names as the HF WandbCallback writes our logs ("compute/flops" -> "train/compute/flops").
+    run.log({"train/loss": 3 - 0.01 * step, "train/global_step": step, "train/compute/flops": 10.0 * step,
+             "train/compute/tokens": 4 * step, "train/growth/depth": 2})
     if step % 5 == 0:
         run.log({"eval/loss": 4 - 0.1 * step, "train/global_step": step})
 run.finish()
 """
 
 
+def wait_for_wandb_file(root: Path, timeout: float = 60.0) -> Path:
+    """The offline run file under root/wandb once it holds the run's exit record: wandb.finish()
+    returns before wandb-core has flushed the file."""
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.time() + timeout
+    while True:
+        for f in root.glob("wandb/offline-run-*/run-*.wandb"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a half-written tail is expected here
+                raws = read_wandb_records(f)
+            for raw in raws:
+                rec = wandb_internal_pb2.Record()
+                rec.ParseFromString(raw)
+                if rec.WhichOneof("record_type") == "exit":
+                    return f
+        assert time.time() < deadline, f"no complete wandb run file under {root} after {timeout} s"
+        time.sleep(0.2)
+
+
 def test_reads_offline_wandb_run(tmp_path):
     d = write_run(tmp_path, "stack", 0, [5, 4, 3, 2.5], metrics=False)
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
     subprocess.run([sys.executable, "-c", WANDB_SCRIPT, str(d)], check=True, env=env, timeout=120)
-    files = list(d.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1 and files[0].stat().st_size > 3 * 32768
-    assert len(read_wandb_records(files[0])) > 40
+    f = wait_for_wandb_file(d)
+    assert f.stat().st_size > 3 * 32768
+    assert len(read_wandb_records(f)) > 40
 
     run = load_run(d)
     assert run.source.startswith("wandb/offline-run-")
@@ -283,7 +310,7 @@ def test_truncated_wandb_file_reads_complete_records(tmp_path):
     d.mkdir()
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
     subprocess.run([sys.executable, "-c", WANDB_SCRIPT, str(d)], check=True, env=env, timeout=120)
-    f = next(d.glob("wandb/offline-run-*/run-*.wandb"))
+    f = wait_for_wandb_file(d)
     full = read_wandb_records(f)
     cut = tmp_path / "cut.wandb"
     cut.write_bytes(f.read_bytes()[: f.stat().st_size - 10])
@@ -301,3 +328,49 @@ def test_cli_as_script(runs, tmp_path):
     assert (out / "loss_vs_flops.svg").exists()
     res = subprocess.run([sys.executable, str(REPO / "eval" / "compare.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "FLOPs to target" in res.stdout
+
+
+@pytest.mark.slow
+def test_reads_what_the_trainer_writes(tmp_path, monkeypatch):
+    """A real growing Trainer run (growth/trainer.py) logging to metrics.jsonl and offline wandb:
+    both sources give the same curves, and compare() runs on it."""
+    import datasets
+    import torch
+    import transformers
+    import wandb
+
+    from conftest import tiny_model
+    from growth.trainer import enable_growth
+
+    out = tmp_path / "stack_s0"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(out))
+    g = torch.Generator().manual_seed(0)
+    ids = ((torch.randint(2, 60, (32, 1), generator=g) + torch.arange(16)) % 95 + 2).tolist()
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    args = transformers.TrainingArguments(
+        str(out), max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1, report_to=["wandb"],
+        use_cpu=True, disable_tqdm=True, seed=0, eval_strategy="steps", eval_steps=2, save_strategy="no")
+    trainer = transformers.Trainer(model=tiny_model("llama", layers=2).train(), args=args, train_dataset=ds, eval_dataset=ds.select(range(4)))
+    enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[4, 4]]}})
+    trainer.train()
+    wandb.finish()
+    wait_for_wandb_file(out)
+    (out / "run.json").write_text(json.dumps({"name": "stack", "label": "stack", "seed": 0, "baseline": False, "max_steps": 8, "tags": []}))
+
+    from_jsonl = load_run(out)
+    (out / "metrics.jsonl").rename(out / "metrics.jsonl.bak")
+    from_wandb = load_run(out)
+    assert from_wandb.source.startswith("wandb/")
+    keys = ("step", "flops", "tokens", "depth", "loss", "eval_loss")
+    for kind in ("train", "evals"):
+        a = [tuple(r.get(k) for k in keys) for r in getattr(from_jsonl, kind)]
+        b = [tuple(r.get(k) for k in keys) for r in getattr(from_wandb, kind)]
+        assert a == b and len(a) == (8 if kind == "train" else 4)
+    assert [e["step"] for e in from_jsonl.events] == [4]
+    a = compare([out], tmp_path / "report")
+    (tj, ej), = a.jumps[id(a.runs[0])]
+    # Training loss logged at step 4 is the 2-layer model's; the eval at step 4 runs on the 4-layer one.
+    assert (tj.before_step, tj.after_step, ej.before_step, ej.after_step) == (4, 5, 2, 4)
+    assert [r["depth"] for r in from_jsonl.evals] == [2, 4, 4, 4]
