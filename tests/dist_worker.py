@@ -23,6 +23,7 @@ ds_config = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "none" else None
 max_steps = int(os.environ.get("GROWTH_TEST_STEPS", 8))
 resume = os.environ.get("GROWTH_TEST_RESUME")
 save_steps = int(os.environ.get("GROWTH_TEST_SAVE_STEPS", 0))
+stop_at = int(os.environ.get("GROWTH_TEST_STOP_AT", 0))  # simulate an interrupted run
 world = int(os.environ.get("WORLD_SIZE", 1))
 cpu_distributed_shim(deepspeed=ds_config is not None)
 
@@ -59,6 +60,8 @@ class Snap(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if state.global_step in (3, 5):
             snap[state.global_step] = checksums(trainer.model)
+        if state.global_step == stop_at:
+            control.should_training_stop = True
 
 
 trainer.add_callback(Snap())
@@ -69,6 +72,9 @@ result = {
     "snap": snap, "final": checksums(trainer.model), "depth": trainer.model.config.num_hidden_layers,
     "global_step": trainer.state.global_step,
     "ds_global_steps": getattr(trainer.model_wrapped, "global_steps", None),
+    # ZeRO-3: the grown model was created partitioned (each rank holds a slice of every parameter).
+    "partitioned": [bool(hasattr(p, "ds_id") and p.ds_tensor.numel() < p.ds_numel) for p in trainer.model.parameters()],
+    "in_engine": trainer.is_deepspeed_enabled and trainer.model_wrapped.module is trainer.model,
 }
 rank = int(os.environ.get("RANK", 0))
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

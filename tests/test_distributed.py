@@ -1,0 +1,92 @@
+"""Growth across 2 processes (gloo, CPU): DDP and DeepSpeed ZeRO-1/2/3 under `accelerate launch`.
+
+Every backend must give the same losses step for step as one process, with identical
+parameters on both ranks after each growth, and resume a checkpoint taken after growth."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
+BACKENDS = ("ddp", "zero1", "zero2", "zero3")
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def launch(backend, out, **env):
+    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+                "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".cache", "torch_extensions")),
+                **{k: str(v) for k, v in env.items()}}
+    if backend == "single":
+        cmd = [sys.executable, WORKER, str(out), "none"]
+    else:
+        ds = os.path.join(ROOT, "recipes", "accelerate", f"ds_{backend}.json") if backend != "ddp" else "none"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               os.path.join(ROOT, "recipes", "accelerate", f"{backend}.yaml"), "--num_processes", "2",
+               "--main_process_port", str(29500 + BACKENDS.index(backend) * 7 + os.getpid() % 5 * 50), WORKER, str(out), ds]
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = 1 if backend == "single" else 2
+    return [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(ranks)], proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return launch("single", tmp_path_factory.mktemp("single"))[0][0]
+
+
+def _rel(a, b):
+    return abs(a - b) / abs(a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_losses_and_identical_ranks(backend, single, tmp_path):
+    (r0, r1), log = launch(backend, tmp_path)
+    assert log.count("[growth] step") == 2
+    assert r0["depth"] == r1["depth"] == 4
+    for step, loss in single["loss"].items():
+        assert _rel(loss, r0["loss"][step]) < 1e-4, (backend, step, loss, r0["loss"][step])
+        assert _rel(single["grad_norm"][step], r0["grad_norm"][step]) < 1e-4
+    # after each growth and at the end, both ranks hold exactly the same parameters
+    for step in ("3", "5"):
+        assert r0["snap"][step] == r1["snap"][step]
+        assert len(r0["snap"][step]) == len(single["snap"][step])
+    assert r0["final"] == r1["final"]
+    for name, value in single["final"].items():
+        assert abs(value - r0["final"][name]) <= 1e-4 * max(1.0, abs(value)), name
+    if backend != "ddp":
+        assert r0["in_engine"]
+        assert r0["ds_global_steps"] == r0["global_step"] == 8  # checkpoint tags stay right
+    if backend == "zero3":
+        assert all(r0["partitioned"])
+
+
+@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+def test_resume_after_growth_under_zero(backend, single, tmp_path):
+    out = tmp_path / "run"
+    launch(backend, out, GROWTH_TEST_SAVE_STEPS=4, GROWTH_TEST_STOP_AT=4)
+    ckpt = out / "checkpoint-4"
+    assert json.load(open(ckpt / "config.json"))["num_hidden_layers"] == 3
+    assert (ckpt / "global_step4").is_dir()
+    (r0, r1), _ = launch(backend, out, GROWTH_TEST_RESUME=str(ckpt))
+    assert r0["depth"] == 4 and r0["global_step"] == 8 and r0["final"] == r1["final"]
+    for step in ("5", "6", "7", "8"):
+        assert _rel(single["loss"][step], r0["loss"][step]) < 1e-4, (step, single["loss"][step], r0["loss"][step])
+    # DeepSpeed's own recovery script rebuilds the grown fp32 model from the ZeRO checkpoint
+    script = ckpt / "zero_to_fp32.py"
+    assert script.exists()
+    proc = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "fp32")], capture_output=True, text=True,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    files = [f for f in os.listdir(tmp_path / "fp32") if f.endswith(".safetensors") or f.endswith(".bin")]
+    state = {}
+    for f in files:
+        path = tmp_path / "fp32" / f
+        state.update(load_file(path) if f.endswith(".safetensors") else torch.load(path))
+    assert sum(k.startswith("model.layers.2.") for k in state) > 0 and not any(k.startswith("model.layers.3.") for k in state)
