@@ -1,0 +1,74 @@
+"""Private APIs of transformers, accelerate and DeepSpeed that growth/ relies on.
+
+These fail loudly, naming the API, when an upgrade changes them (pyproject pins the ranges we
+tested: transformers 5.24, accelerate 1.15, deepspeed 0.19.8)."""
+
+import inspect
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _params(fn):
+    return list(inspect.signature(fn).parameters)
+
+
+def test_trainer_internals():
+    from transformers import Trainer
+
+    expected = {
+        "training_step": ["self", "model", "inputs", "num_items_in_batch"],
+        "_clip_grad_norm": ["self", "model"],
+        "_get_grad_norm": ["self", "model", "grad_norm"],
+        "_prepare_for_training": ["self", "max_steps", "train_dataloader", "resume_from_checkpoint"],
+        "set_initial_training_values": ["self", "args", "dataloader"],
+    }
+    for name, params in expected.items():
+        assert hasattr(Trainer, name), f"Trainer.{name} is gone"
+        assert _params(getattr(Trainer, name)) == params, f"Trainer.{name} signature changed: {_params(getattr(Trainer, name))}"
+    assert _params(Trainer._maybe_log_save_evaluate)[:4] == ["self", "tr_loss", "grad_norm", "model"]
+    # Growth runs in on_step_end, which must come after the optimizer step and before log/save/evaluate.
+    src = inspect.getsource(Trainer._run_epoch)
+    order = [src.index(s) for s in ("self.optimizer.step()", "self.lr_scheduler.step()", "on_step_end", "self._maybe_log_save_evaluate(")]
+    assert order == sorted(order), "Trainer._run_epoch changed the order of step / on_step_end / log-save-evaluate"
+    for attr in ("self._tr_loss", "self._globalstep_last_logged", "self.model_wrapped = model", "self.callback_handler, attr"):
+        assert attr in inspect.getsource(Trainer), f"Trainer no longer has {attr}"
+
+
+def test_accelerate_internals():
+    from accelerate import Accelerator
+
+    src = inspect.getsource(Accelerator)
+    for attr in ("self.deepspeed_engine_wrapped", "self._models", "self._optimizers", "self._schedulers"):
+        assert attr in src, f"Accelerator.{attr} is gone"
+    assert "model" in _params(Accelerator.prepare_model)
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    assert hasattr(DistributedType, "DEEPSPEED") and "_shared_state" in vars(PartialState)
+
+
+def test_deepspeed_internals():
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    from deepspeed.utils import (  # noqa: F401
+        safe_get_full_fp32_param,
+        safe_get_full_optimizer_state,
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+    )
+
+    for name in ("_lazy_init_hp_params_optimizer_state", "update_lp_params"):
+        assert hasattr(DeepSpeedZeroOptimizer, name), f"DeepSpeedZeroOptimizer.{name} is gone"
+    src12 = inspect.getsource(DeepSpeedZeroOptimizer)
+    for attr in ("self._hp_optimizer_states_linked", "self.single_partition_of_fp32_groups"):
+        assert attr in src12, f"ZeRO-1/2 optimizer attribute {attr} is gone"
+    for name in ("_reassign_or_swap_out_partitioned_parameters", "invalidate_secondary_tensor"):
+        assert hasattr(DeepSpeedZeroOptimizer_Stage3, name), f"DeepSpeedZeroOptimizer_Stage3.{name} is gone"
+    src3 = inspect.getsource(DeepSpeedZeroOptimizer_Stage3)
+    for attr in ("self.fp32_partitioned_groups_flat", "self.fp16_partitioned_groups_flat", "self.persistent_parameters"):
+        assert attr in src3, f"ZeRO-3 optimizer attribute {attr} is gone"
+    engine = inspect.getsource(DeepSpeedEngine)
+    for attr in ("self.global_steps", "self.global_samples", "self.micro_steps", "self.skipped_steps", "def destroy"):
+        assert attr in engine, f"DeepSpeedEngine {attr} is gone"
