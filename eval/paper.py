@@ -66,7 +66,7 @@ COLORS = {
     "copy_schedule": "tab:olive", "gd": "black", "nesterov": "black", "full_depth_gd": "tab:purple",
 }
 
-FULL = {"kappas": (10, 30, 100, 300, 1000, 3000, 10000), "seeds": 5, "curve_kappa": 1000, "full_depth_max_kappa": 300}
+FULL = {"kappas": (10, 30, 100, 300, 1000, 3000, 10000), "seeds": 5, "curve_kappa": 1000, "full_depth_max_kappa": 1000}
 QUICK = {"kappas": (10, 100, 1000), "seeds": 3, "curve_kappa": 100, "full_depth_max_kappa": 100}
 
 

@@ -28,10 +28,14 @@ seeds at once (a Python loop over stages, vectorised over seeds). Suboptimality 
 (L(F) - L*) / (L(F_0) - L*), so 1 at the start.
 
 Problem design. The eigenvalues of the curvature run from 1/kappa to 1 (both ends fixed, the rest
-log-uniform at random), and the optimum is placed so that every eigendirection holds, in
-expectation, the same share of the initial excess loss. Then a relative target such as 1e-3 can
-only be reached once the slowest direction has converged, and the stage count measures the rate
-rather than the luck of where the initial error sits.
+log-uniform at random), and the optimum is placed so that every eigendirection holds the same share
+of the initial excess loss (exactly for least squares and residual networks, approximately for
+logistic regression, whose loss is not quadratic). Then a relative target such as 1e-3 can only be
+reached once the slowest direction has converged, and the stage count measures the rate rather
+than the luck of where the initial error sits: with Gaussian shares, a seed whose slowest
+direction holds less than the target's share lets gradient descent skip it, and its fitted
+exponent drops (to ~0.8 in our trials) while Nesterov's, whose rate is the same for all slow
+directions, does not.
 """
 
 from __future__ import annotations
@@ -108,6 +112,10 @@ def _design(kappa: float, dim: int, samples: int, rng: np.random.Generator):
     return x, lam, u
 
 
+def _signs(rng: np.random.Generator, dim: int) -> np.ndarray:
+    return rng.choice([-1.0, 1.0], size=dim)
+
+
 def _check_problem_args(kappa: float, seeds: Sequence[int], dim: int, min_dim: int = 2) -> None:
     if not kappa >= 1:
         raise ValueError(f"kappa must be >= 1, got {kappa}")
@@ -152,8 +160,8 @@ def make_least_squares(kappa: float, seeds: Sequence[int], dim: int = 20, sample
     for seed in seeds:
         rng = np.random.default_rng([seed, 1])
         x, lam, u = _design(kappa, dim, samples, rng)
-        # Teacher weight 1/sqrt(lam) along each eigenvector: equal initial loss share per direction.
-        teacher = u @ (rng.standard_normal(dim) / np.sqrt(lam))
+        # Teacher weight +-1/sqrt(lam) along each eigenvector: equal initial loss share per direction.
+        teacher = u @ (_signs(rng, dim) / np.sqrt(lam))
         y = x @ teacher + noise * rng.standard_normal(samples)
         h = x.T @ x / samples
         c = x.T @ y / samples
@@ -239,8 +247,8 @@ def make_logistic(kappa: float, seeds: Sequence[int], dim: int = 10, samples: in
     """Logistic regression whose feature covariance has condition number exactly `kappa`.
 
     Labels come from a logistic teacher whose logit has standard deviation `margin` over the
-    sample, split equally (in expectation) between the eigendirections of the covariance; the
-    labels are noisy, so the data are not separable and the minimiser is finite.
+    sample, split equally between the eigendirections of the covariance; the labels are noisy,
+    so the data are not separable and the minimiser is finite.
     """
     _check_problem_args(kappa, seeds, dim)
     if samples < 10 * dim:
@@ -249,8 +257,7 @@ def make_logistic(kappa: float, seeds: Sequence[int], dim: int = 10, samples: in
     for seed in seeds:
         rng = np.random.default_rng([seed, 2])
         x, lam, u = _design(kappa, dim, samples, rng)
-        g = rng.standard_normal(dim)
-        teacher = u @ (g / np.sqrt(lam)) * (margin / np.linalg.norm(g))
+        teacher = u @ (_signs(rng, dim) / np.sqrt(lam)) * (margin / math.sqrt(dim))
         y = np.where(rng.random(samples) < _sigmoid(x @ teacher), 1.0, -1.0)
         w = _logistic_newton(x, y)
         p = _sigmoid(y * (x @ w)) * _sigmoid(-y * (x @ w))
@@ -305,8 +312,8 @@ def make_residual_regression(kappa: float, seeds: Sequence[int], dim: int = 10, 
         rng = np.random.default_rng([seed, 3])
         lam = _spectrum(kappa, dim, rng)
         u = _orthogonal(rng, dim, dim)
-        # Column u_i of the error A - I has length ~ 1/sqrt(lam_i): equal loss share per direction.
-        p = _orthogonal(rng, dim, dim) @ np.diag(rng.standard_normal(dim) / np.sqrt(lam)) @ u.T
+        # Column u_i of the error A - I has length 1/sqrt(lam_i) (before scaling): equal loss share per direction.
+        p = _orthogonal(rng, dim, dim) @ np.diag(_signs(rng, dim) / np.sqrt(lam)) @ u.T
         p *= radius / np.linalg.norm(p, 2)
         covs.append(u @ np.diag(lam) @ u.T)
         targets.append(np.eye(dim) + p)
