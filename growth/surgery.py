@@ -33,8 +33,13 @@ def _fresh_layer(model: nn.Module, template: nn.Module, idx: int) -> nn.Module:
 
 
 def _copy_layer(layer: nn.Module) -> nn.Module:
-    # nn.Parameter.__deepcopy__ clones data only, so gradients of the source are not copied.
-    return copy.deepcopy(layer)
+    # nn.Parameter.__deepcopy__ clones data only, so gradients of the source are not copied. The
+    # memo keeps configs shared: attention modules hold the model's config, and a private copy
+    # would miss later changes (set_attn_implementation, output_attentions).
+    from transformers import PretrainedConfig
+
+    memo = {id(v): v for m in layer.modules() for v in vars(m).values() if isinstance(v, PretrainedConfig)}
+    return copy.deepcopy(layer, memo)
 
 
 def init_factor(family: Family, param_name: str, init: str, beta: float) -> float:

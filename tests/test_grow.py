@@ -131,3 +131,19 @@ def test_bad_arguments_raise_before_touching_model():
     with pytest.raises(ValueError, match="target depth 1 must be larger"):
         growth.grow(model, 1)
     assert growth.current_depth(model) == 2 and model.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gpt_neox"])
+def test_copies_share_the_model_config(family):
+    from transformers import PretrainedConfig
+
+    model = tiny_model(family, layers=2)
+    growth.grow(model, 4)
+    for layer in growth.family_of(model).layers(model):
+        for m in layer.modules():
+            for v in vars(m).values():
+                if isinstance(v, PretrainedConfig):
+                    assert v is model.config
+    model.set_attn_implementation("eager")
+    x = torch.randint(2, 97, (1, 6))
+    assert len(model(x, output_attentions=True).attentions) == 4
