@@ -434,7 +434,10 @@ def gradient_descent(problem, steps: int, *, target: float | None = None, until:
     return nesterov(problem, steps, beta=0.0, target=target, until=until)
 
 
-def nesterov(problem, steps: int, beta, *, target: float | None = None, until: str = "reach") -> np.ndarray:
+def nesterov(
+    problem, steps: int, beta: float | np.ndarray | Callable[[int], float], *, target: float | None = None,
+    until: str = "reach",
+) -> np.ndarray:
     """Explicit Nesterov: y = x_t + b_t (x_t - x_{t-1}), x_{t+1} = y - (1/L) grad L(y).
 
     `beta` is a float, one float per seed, or a function of t returning b_t (t = 0, 1, ...).
