@@ -162,10 +162,11 @@ def training_arguments(recipe: Recipe):
         raise ValueError(f"recipe {recipe.name}: training: {e}") from None
 
 
-def check_output_dir(output_dir: str | Path, options: RunOptions) -> str | None:
+def check_output_dir(output_dir: str | Path, options: RunOptions, main: bool = True) -> str | None:
     """Refuse to write into a non-empty output_dir unless resuming or told to overwrite.
 
-    Returns a line for the log when an existing directory is taken over."""
+    Returns a line for the log when an existing directory is taken over. Only ``main`` removes
+    old checkpoints when overwriting (every rank checks)."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir: {str(out)!r} exists and is not a directory")
@@ -176,7 +177,7 @@ def check_output_dir(output_dir: str | Path, options: RunOptions) -> str | None:
         return f"resuming in existing output_dir {out}"
     if options.overwrite_output_dir:
         stale = [out / name for name in entries if name.startswith("checkpoint-")]
-        for path in stale:  # a later `--resume_from_checkpoint true` must not find the old run's checkpoints
+        for path in stale if main else ():  # a later `--resume_from_checkpoint true` must not find them
             shutil.rmtree(path)
         return (f"overwriting output_dir {out} (--overwrite_output_dir true): removed {len(stale)} old checkpoint(s); "
                 f"other files are replaced as the run writes them")
@@ -223,9 +224,11 @@ def run(recipe: Recipe, options: RunOptions | None = None) -> dict:
     main = args.process_index == 0
     say = print if main else (lambda *a, **k: None)
     out = Path(args.output_dir)
-    note = check_output_dir(out, options)  # on every rank, before the main process writes anything
+    note = check_output_dir(out, options, main=False)  # on every rank, before the main process writes anything
     with args.main_process_first(local=False, desc="output dir check"):
         pass  # a barrier: no rank checks after the main process has written
+    if main:
+        note = check_output_dir(out, options)  # now removes what overwriting removes
     if note:
         say(f"[run] {note}", flush=True)
     if main:
