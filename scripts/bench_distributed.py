@@ -1,0 +1,317 @@
+"""Benchmark growth inside one HF Trainer run, per distributed backend (single, DDP, ZeRO-1/2/3).
+
+Two ratios per backend, all numbers from one run of this script:
+
+* growth cost: the seconds of one growth event (``grow_now``: surgery, DDP re-wrap or DeepSpeed
+  engine rebuild with its state moved) against the median time of one training step of the
+  grown model.
+* throughput: the median step time of the grown model against a fresh model built directly at
+  the grown depth, trained by the same backend in the same process over the same number of steps.
+  ``fresh / grown`` is the grown model's relative throughput; target >= 0.98.
+
+Per backend, the driver launches this script in worker mode: plain python for ``single``,
+``accelerate launch`` with 2 processes and ``recipes/accelerate/<backend>.yaml`` otherwise (on CPU:
+gloo, and ``growth.distributed.cpu_distributed_shim`` for DeepSpeed). The worker runs the phases
+grown, fresh, fresh, grown, ... (``--repeats`` pairs in ABBA order, so that a drift of the
+machine's load over the run hits both sides alike) and times each optimizer step from
+``on_step_begin`` to ``on_step_end`` (forward, backward, clipping, optimizer step; the growth runs
+after that step's timer has stopped), in wall-clock and in this process's CPU seconds. The first
+``--warmup`` steps after growth and of each fresh run are dropped on both sides (one-time costs:
+DDP bucket building, ZeRO-3's prefetch trace). Timings are rank 0's; collectives keep the ranks in
+step. From 2 repeats on, the spread between the medians of repeated phases of the same kind is
+printed as the noise: a shortfall smaller than it is reported as UNRESOLVED rather than FAIL.
+
+The exit code is 0 whatever the result (it is a benchmark).
+
+Example (llama hidden 128, depth 2 -> 4 after step 3, seq 64, global batch 8, 1 torch thread per
+process; about 3 minutes on 2 idle cores, more when the machine is shared):
+    python scripts/bench_distributed.py --backends single,ddp,zero1,zero2,zero3 --steps 12 --out bench_distributed.json
+    python scripts/bench_distributed.py --backends zero3 --steps 20 --repeats 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ("single", "ddp", "zero1", "zero2", "zero3")
+THROUGHPUT_TARGET = 0.98
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
+    p.add_argument("--steps", type=int, default=12, help="timed steps of the grown model, and of each fresh run")
+    p.add_argument("--grow-at", type=int, default=3, help="optimizer step after which the model grows")
+    p.add_argument("--warmup", type=int, default=2, help="steps dropped after growth and at the start of each fresh run")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="grown/fresh pairs per backend, run in ABBA order; from 2 on, their spread estimates the noise")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2, help="depth before growth")
+    p.add_argument("--target", type=int, default=4, help="depth after growth (and of the fresh model)")
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8, help="global batch (sequences per optimizer step)")
+    p.add_argument("--num-processes", type=int, default=2, help="processes for ddp / zero*")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (1: steadier timings on a shared CPU; ignored with a GPU)")
+    p.add_argument("--out", help="write the numbers as JSON here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # backend name: run the phases in this process
+    p.add_argument("--result-dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    args.backends = backends
+    for name in ("steps", "grow_at", "repeats", "hidden", "heads", "layers", "vocab", "seq_len", "batch", "num_processes", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.target <= args.layers:
+        raise ValueError(f"--target {args.target} must be larger than --layers {args.layers}")
+    if not 0 <= args.warmup < args.steps:
+        raise ValueError(f"--warmup {args.warmup} must be in [0, --steps {args.steps})")
+    if args.batch % args.num_processes:
+        raise ValueError(f"--batch {args.batch} is not divisible by --num-processes {args.num_processes}")
+    return args
+
+
+# --- worker: runs inside each launched process ---------------------------------------------------
+def worker(args) -> None:
+    import gc
+
+    import torch
+    import transformers
+
+    from growth.distributed import cpu_distributed_shim
+    from growth.models import ModelConfig, build_model
+    from growth.trainer import GrowthCallback, enable_growth
+
+    backend = args.worker
+    ds_config = os.path.join(REPO, "recipes", "accelerate", f"ds_{backend}.json") if backend.startswith("zero") else None
+    cpu_distributed_shim(deepspeed=ds_config is not None)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(args.threads)
+
+    g = torch.Generator().manual_seed(0)
+    n_samples = (args.grow_at + args.steps) * args.batch
+    ids = torch.randint(0, args.vocab, (n_samples, args.seq_len), generator=g)
+    data = [{"input_ids": row, "labels": row} for row in ids]
+
+    class StepTimer(transformers.TrainerCallback):
+        """Wall and CPU seconds of each optimizer step, by the global step it ends at."""
+
+        def __init__(self):
+            self.wall: dict[int, float] = {}
+            self.cpu: dict[int, float] = {}
+
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.wall[state.global_step] = time.perf_counter() - self.start[0]
+            self.cpu[state.global_step] = time.process_time() - self.start[1]
+
+    def run(depth: int, grow: bool, out: str) -> dict:
+        if ds_config and not cuda:
+            # The CPU shim's state is reused (use_configured_state), and accelerate refuses a second
+            # DeepSpeed Accelerator on it: forget the previous phase's, keep the process group.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=False)
+        targs = transformers.TrainingArguments(
+            out, max_steps=args.grow_at + args.steps if grow else args.steps, per_device_train_batch_size=args.batch // world,
+            learning_rate=1e-3, warmup_steps=1, logging_steps=10**6, save_strategy="no", report_to=[], disable_tqdm=True,
+            seed=0, use_cpu=not cuda, deepspeed=ds_config, dataloader_drop_last=True,
+            accelerator_config={"use_configured_state": True} if ds_config and not cuda else None)
+        # Built after TrainingArguments, like the model a growth builds: partitioned by zero.Init under ZeRO-3.
+        torch.manual_seed(0)
+        cfg = ModelConfig(family="llama", hidden_size=args.hidden, num_layers=depth, num_heads=args.heads,
+                          max_position_embeddings=args.seq_len)
+        model = build_model(cfg, args.vocab, bos_token_id=0, eos_token_id=1, pad_token_id=1).train()
+        trainer = transformers.Trainer(model=model, args=targs, train_dataset=data)
+        timer = StepTimer()
+        trainer.add_callback(timer)  # before GrowthCallback: a step's timer stops before that step's growth runs
+        if grow:
+            enable_growth(trainer, {"schedule": {"initial_depth": depth, "unit": "steps",
+                                                 "points": [[args.grow_at, args.target]]}}, run_log=False)
+        trainer.train()
+        events = next((cb.events for cb in trainer.callback_handler.callbacks if isinstance(cb, GrowthCallback)), [])
+        if grow and (len(events) != 1 or trainer.model.config.num_hidden_layers != args.target):
+            raise RuntimeError(f"{backend}: expected one growth to depth {args.target}, got events {events}")
+        first = args.grow_at + 1 + args.warmup if grow else 1 + args.warmup
+        timed = range(first, targs.max_steps + 1)
+        result = {
+            "depth": trainer.model.config.num_hidden_layers,
+            "params": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters()),
+            "growth_seconds": events[0]["seconds"] if events else None,
+            "step_seconds": [timer.wall[s] for s in timed],
+            "step_cpu_seconds": [timer.cpu[s] for s in timed],
+            "before_growth_step_seconds": [timer.wall[s] for s in range(2, args.grow_at + 1)] if grow else [],
+        }
+        engine = trainer.model_wrapped
+        trainer.accelerator.free_memory()
+        if hasattr(engine, "destroy"):  # DeepSpeed: remove its hooks so the next phase starts clean
+            engine.destroy()
+        del trainer, model, engine
+        gc.collect()
+        return result
+
+    phases = []
+    for r in range(args.repeats):  # ABBA: grown, fresh, fresh, grown, ...
+        order = [True, False] if r % 2 == 0 else [False, True]
+        for grow in order:
+            t0 = time.perf_counter()
+            phase = run(args.layers if grow else args.target, grow, os.path.join(args.result_dir, f"run{len(phases)}"))
+            phases.append({"grow": grow, **phase, "phase_seconds": time.perf_counter() - t0})
+    rank = int(os.environ.get("RANK", 0))
+    with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"backend": backend, "world_size": world, "phases": phases}, f)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# --- driver ----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:  # not 29500: other runs on this machine may hold it
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_argv(args, backend: str, result_dir: str) -> list[str]:
+    keep = ["--steps", args.steps, "--grow-at", args.grow_at, "--warmup", args.warmup, "--repeats", args.repeats,
+            "--hidden", args.hidden, "--heads", args.heads, "--layers", args.layers, "--target", args.target,
+            "--vocab", args.vocab, "--seq-len", args.seq_len, "--batch", args.batch, "--num-processes", args.num_processes,
+            "--threads", args.threads]
+    return [os.path.abspath(__file__), "--worker", backend, "--result-dir", result_dir, *map(str, keep)]
+
+
+def launch(args, backend: str) -> dict:
+    """Run the worker for ``backend`` in its own process(es); returns rank 0's result."""
+    import torch
+
+    # The worker runs as a script from scripts/: put the repo on the path for `growth` (no install needed).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    with tempfile.TemporaryDirectory(prefix=f"bench_{backend}_") as result_dir:
+        script = worker_argv(args, backend, result_dir)
+        if backend == "single":
+            cmd = [sys.executable, *script]
+        else:
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   os.path.join("recipes", "accelerate", f"{backend}.yaml"), "--num_processes", str(args.num_processes),
+                   "--main_process_port", str(_free_port()), *script]
+            if not torch.cuda.is_available() and backend.startswith("zero"):
+                env.setdefault("DS_ACCELERATOR", "cpu")
+                env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions"))
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        path = os.path.join(result_dir, "rank0.json")
+        if proc.returncode != 0 or not os.path.exists(path):
+            raise RuntimeError(f"{backend} worker failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        with open(path) as f:
+            return json.load(f)
+
+
+def verdict(ratio: float, noise: float | None) -> str:
+    """PASS / FAIL against the target; UNRESOLVED where the shortfall is within the run-to-run spread."""
+    if ratio >= THROUGHPUT_TARGET:
+        return "PASS"
+    return "UNRESOLVED" if noise is not None and ratio >= THROUGHPUT_TARGET - noise else "FAIL"
+
+
+def summarize(result: dict) -> dict:
+    """Medians over the pooled steps of all grown / all fresh phases, the two ratios, and the noise:
+    the largest relative spread between the medians of two phases of the same kind (grown vs grown,
+    fresh vs fresh), i.e. what the same measurement repeated in the same run disagrees by."""
+    phases = result["phases"]
+
+    def pooled(key, grow):
+        return [s for p in phases if p["grow"] == grow for s in p[key]]
+
+    def spread(key):
+        out = []
+        for grow in (True, False):
+            medians = [statistics.median(p[key]) for p in phases if p["grow"] == grow]
+            if len(medians) > 1:
+                out.append(max(medians) / min(medians) - 1)
+        return max(out) if out else None
+
+    grown, fresh = statistics.median(pooled("step_seconds", True)), statistics.median(pooled("step_seconds", False))
+    grown_cpu = statistics.median(pooled("step_cpu_seconds", True))
+    fresh_cpu = statistics.median(pooled("step_cpu_seconds", False))
+    before = pooled("before_growth_step_seconds", True)
+    growth = statistics.median(p["growth_seconds"] for p in phases if p["grow"])
+    noise, noise_cpu = spread("step_seconds"), spread("step_cpu_seconds")
+    return {
+        "backend": result["backend"], "world_size": result["world_size"],
+        "params_grown": next(p["params"] for p in phases if p["grow"]),
+        "params_fresh": next(p["params"] for p in phases if not p["grow"]),
+        "growth_seconds": growth, "step_seconds_before_growth": statistics.median(before) if before else None,
+        "step_seconds_grown": grown, "step_seconds_fresh": fresh, "growth_over_step": growth / grown,
+        "throughput_ratio": fresh / grown, "noise": noise, "verdict": verdict(fresh / grown, noise),
+        "step_cpu_seconds_grown": grown_cpu, "step_cpu_seconds_fresh": fresh_cpu,
+        "cpu_throughput_ratio": fresh_cpu / grown_cpu, "cpu_noise": noise_cpu,
+        "cpu_verdict": verdict(fresh_cpu / grown_cpu, noise_cpu),
+        "timed_steps": {"grown": len(pooled("step_seconds", True)), "fresh": len(pooled("step_seconds", False))},
+        "phases": phases,  # every timed step, in run order
+    }
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    rows, failed, start = [], [], time.perf_counter()
+    for backend in args.backends:
+        t0 = time.perf_counter()
+        try:
+            row = summarize(launch(args, backend))
+        except RuntimeError as e:  # report it and go on with the other backends
+            print(e, file=sys.stderr, flush=True)
+            failed.append(backend)
+            continue
+        row["launch_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"[{backend}] done in {row['launch_seconds']:.0f} s", file=sys.stderr, flush=True)
+    print(f"llama hidden {args.hidden}, depth {args.layers} -> {args.target} after step {args.grow_at}, seq {args.seq_len}, "
+          f"global batch {args.batch}; medians over {args.steps - args.warmup} steps x {args.repeats} run(s) per side")
+    print(f"{'backend':<8}{'procs':>6}{'growth s':>10}{'grown step s':>14}{'growth/step':>13}{'fresh step s':>14}"
+          f"{'fresh/grown':>13}{'noise':>7}{'':12}{'cpu fresh/grown':>16}{'noise':>7}")
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    for r in rows:
+        print(f"{r['backend']:<8}{r['world_size']:>6}{r['growth_seconds']:>10.3f}{r['step_seconds_grown']:>14.4f}"
+              f"{r['growth_over_step']:>13.2f}{r['step_seconds_fresh']:>14.4f}{r['throughput_ratio']:>13.3f}"
+              f"{pct(r['noise']):>7} {r['verdict']:<11}{r['cpu_throughput_ratio']:>16.3f}{pct(r['cpu_noise']):>7} "
+              f"{r['cpu_verdict']}")
+    for backend in failed:
+        print(f"{backend:<8} ERROR (worker failed; its output is above)")
+    print(f"target: fresh/grown step time >= {THROUGHPUT_TARGET}. noise: spread between repeated phases of the same kind "
+          f"(UNRESOLVED: short of the target by less than that). cpu: this process's CPU time per step, less sensitive "
+          f"to other load than wall time. Total {time.perf_counter() - start:.0f} s.")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "result_dir")},
+                       "throughput_target": THROUGHPUT_TARGET, "results": rows, "failed": failed}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
