@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import shutil
 import sys
 import time
 import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,8 @@ class RunOptions:
 def build_parser() -> argparse.ArgumentParser:
     """Every recipe field and TrainingArguments field as an option, with its help text."""
     p = argparse.ArgumentParser(
-        prog="train.py", usage="%(prog)s --config RECIPE.yaml [--FIELD VALUE ...]", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="train.py", usage="%(prog)s --config RECIPE.yaml [--FIELD VALUE ...]", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a recipe with gradual depth growth. Any field below overrides the recipe's value; "
                     "values are YAML (e.g. --growth.schedule '{initial_depth: 2, unit: fraction, points: [[0.5, 4]]}'). "
                     "Deeper paths work too: --growth.schedule.points '[[0.3, 4], [0.6, 6]]'.")
@@ -105,15 +108,10 @@ def _add(group, flag: str, dest: str, hint, help_text: str, *aliases: str) -> No
 
 
 def admits_bool(hint) -> bool:
-    import typing
-
     return hint is bool or bool in typing.get_args(hint)
 
 
 def _metavar(hint) -> str:
-    import enum
-    import typing
-
     names = []
     for arm in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,):
         origin = typing.get_origin(arm) or arm
