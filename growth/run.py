@@ -154,6 +154,15 @@ def training_arguments(recipe: Recipe):
     from transformers import TrainingArguments
 
     kwargs = {"run_name": recipe.name, **recipe.training, "seed": recipe.seed}
+    # Under `accelerate launch` with a DeepSpeed config on a machine without GPU (tests, CI), the
+    # process group and accelerate's state must be set up by hand (growth/distributed.py).
+    ds_config = kwargs.get("deepspeed") or (os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+                                            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None)
+    from .distributed import cpu_distributed_shim
+
+    if cpu_distributed_shim(deepspeed=bool(ds_config)):
+        kwargs["deepspeed"] = ds_config
+        kwargs["accelerator_config"] = {**(kwargs.get("accelerator_config") or {}), "use_configured_state": True}
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, TypeError) as e:
@@ -215,6 +224,7 @@ def run(recipe: Recipe, options: RunOptions | None = None) -> dict:
     from .config import GrowthConfig
     from .grow import current_depth
     from .models import build_model
+    from .reporting import attach_reporting
     from .trainer import count_params, enable_growth
 
     options = options or RunOptions()
@@ -258,6 +268,7 @@ def run(recipe: Recipe, options: RunOptions | None = None) -> dict:
                                    data_collator=transformers.default_data_collator, processing_class=tokenizer)
     growth_config = GrowthConfig() if recipe.baseline else recipe.growth  # a baseline keeps the accounting
     enable_growth(trainer, growth_config, seq_len=recipe.data.block_size)
+    attach_reporting(trainer, recipe.to_dict(), recipe.label, run_info(recipe, args.max_steps)["tags"])
     train_result = trainer.train(resume_from_checkpoint=options.resume_from_checkpoint)
 
     final_eval = None

@@ -90,3 +90,32 @@ def test_resume_after_growth_under_zero(backend, single, tmp_path):
         path = tmp_path / "fp32" / f
         state.update(load_file(path) if f.endswith(".safetensors") else torch.load(path))
     assert sum(k.startswith("model.layers.2.") for k in state) > 0 and not any(k.startswith("model.layers.3.") for k in state)
+
+
+def test_train_script_under_accelerate_zero3(tmp_path):
+    """The shipped recipe through the real script: `accelerate launch --config_file zero3.yaml
+    --num_processes 2 scripts/train.py --config recipes/tiny.yaml ... --use_cpu true`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           os.path.join(ROOT, "recipes", "accelerate", "zero3.yaml"), "--num_processes", "2",
+           "--main_process_port", str(29700 + os.getpid() % 200), os.path.join(ROOT, "scripts", "train.py"),
+           "--config", "recipes/tiny.yaml", "--max_steps", "12", "--model.hidden_size", "32",
+           "--data.max_train_bytes", "200000", "--data.max_eval_tokens", "2048", "--tokenizer.vocab_size", "512",
+           "--data.cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--use_cpu", "true",
+           "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".cache", "torch_extensions"))}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    log = proc.stdout + proc.stderr
+    assert "[growth] step 3: depth 2 -> 4" in log and "[growth] step 6: depth 4 -> 6" in log
+    events = [json.loads(l) for l in open(out / "growth_events.jsonl")]
+    assert [(e["from_depth"], e["to_depth"]) for e in events] == [(2, 4), (4, 6)]
+    metrics = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert metrics[-1]["tokens"] == 12 * 8 * 128  # 2 processes x 4 blocks of 128 tokens per step
+    assert AutoConfig.from_pretrained(out).num_hidden_layers == 6
+    model = AutoModelForCausalLM.from_pretrained(out)  # the final model, gathered from ZeRO-3 into HF format
+    assert sum(p.numel() for p in model.parameters()) == events[-1]["params"]
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and model.model.layers[5].mlp.up_proj.weight.abs().sum() > 0
