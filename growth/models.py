@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import transformers
 
@@ -13,17 +13,17 @@ from .families import SUPPORTED, family_of
 class ModelConfig:
     """Either ``family`` plus sizes (a fresh model), or ``name_or_path`` (an HF config / checkpoint)."""
 
-    family: str | None = "llama"
-    hidden_size: int = 64
-    num_layers: int = 2  # the depth training starts at; growth adds layers
-    num_heads: int = 4
-    num_kv_heads: int | None = None  # GQA; None = num_heads
-    intermediate_size: int | None = None  # None = family default (4x for gpt2/neox, ~8/3x for gated MLPs)
-    max_position_embeddings: int = 2048
-    name_or_path: str | None = None  # HF hub name or local dir holding config.json (weights too if from_pretrained)
-    from_pretrained: bool = False  # load weights from name_or_path instead of a fresh initialisation
-    attn_implementation: str = "sdpa"
-    extra: dict | None = None  # any further config fields, passed to the config class
+    family: str | None = field(default="llama", metadata={"help": "llama | mistral | qwen2 | qwen3 | gpt2 | gpt_neox (or use name_or_path)"})
+    hidden_size: int = field(default=64, metadata={"help": "model width"})
+    num_layers: int = field(default=2, metadata={"help": "the depth training starts at; growth adds layers"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads"})
+    num_kv_heads: int | None = field(default=None, metadata={"help": "key/value heads (GQA); None = num_heads"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width; None = family default (4x for gpt2/neox, ~8/3x for gated MLPs)"})
+    max_position_embeddings: int = field(default=2048, metadata={"help": "longest sequence the model accepts"})
+    name_or_path: str | None = field(default=None, metadata={"help": "HF hub name or local dir with config.json (weights too with from_pretrained)"})
+    from_pretrained: bool = field(default=False, metadata={"help": "load weights from name_or_path instead of a fresh initialisation"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2 ..."})
+    extra: dict | None = field(default=None, metadata={"help": "further HF config fields, passed to the config class"})
 
     def __post_init__(self):
         if self.name_or_path is None and self.family is None:
