@@ -147,3 +147,14 @@ def test_copies_share_the_model_config(family):
     model.set_attn_implementation("eager")
     x = torch.randint(2, 97, (1, 6))
     assert len(model(x, output_attentions=True).attentions) == 4
+
+
+def test_core_imports_neither_trainer_nor_deepspeed():
+    import subprocess
+    import sys
+
+    code = ("import sys, growth, growth.schedule, growth.flops, growth.config; "
+            "bad = [m for m in ('transformers.trainer', 'deepspeed', 'accelerate') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
