@@ -267,7 +267,7 @@ run.finish()
 """
 
 
-def wait_for_wandb_file(root: Path, timeout: float = 60.0) -> Path:
+def wait_for_wandb_file(root: Path, timeout: float = 300.0) -> Path:
     """The offline run file under root/wandb once it holds the run's exit record: wandb.finish()
     returns before wandb-core has flushed the file."""
     from wandb.proto import wandb_internal_pb2
