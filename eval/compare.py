@@ -72,7 +72,9 @@ from eval.report import (
     Jump,
     RunResult,
     Spread,
+    exceeds_paired_noise,
     exceeds_seed_spread,
+    paired_difference,
     loss_jump,
     mean_curve,
     pooled_std,
@@ -423,7 +425,16 @@ def seed_spread_rows(a: Analysis) -> list[dict]:
                     else:
                         thresh = 2 * pooled_std(va, vb)
                         verdict = "exceeds seed spread" if ex else "within seed spread"
-                rows.append({"a": la, "b": lb, "field": f, "diff": diff, "threshold": thresh, "verdict": verdict})
+                # Paired by seed: the same seed means the same initial weights and batches.
+                pa = {r.seed: getattr(a.results[id(r)], f) for r in a.runs_of(la) if r.seed is not None}
+                pb = {r.seed: getattr(a.results[id(r)], f) for r in a.runs_of(lb) if r.seed is not None}
+                pa = {k: v for k, v in pa.items() if v is not None}
+                pb = {k: v for k, v in pb.items() if v is not None}
+                paired = paired_difference(pa, pb)
+                ex_p = exceeds_paired_noise(pa, pb)
+                rows.append({"a": la, "b": lb, "field": f, "diff": diff, "threshold": thresh, "verdict": verdict,
+                             "paired": paired, "paired_verdict": "n/a (< 2 common seeds)" if ex_p is None else
+                             ("exceeds paired seed noise" if ex_p else "within paired seed noise")})
     return rows
 
 
@@ -622,11 +633,16 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
     rows = []
     for row in seed_spread_rows(a):
         k = _KIND[row["field"]]
+        paired = row["paired"]
+        paired_txt = f"{_num(paired[1], k)} ± {_num(paired[2], k)} (n={paired[0]})" if paired else "n/a"
         rows.append([f"`{row['a']}`", f"`{row['b']}`", _HEADERS[row["field"]], _num(row["diff"], k) or "n/a",
-                     _num(row["threshold"], k) or "n/a", row["verdict"]])
+                     _num(row["threshold"], k) or "n/a", row["verdict"], paired_txt, row["paired_verdict"]])
     if rows:
-        L += ["Difference = mean(b) − mean(a).", ""]
-        L += _md_table(["a", "b", "quantity", "difference", "2 × pooled std", "verdict"], rows)
+        L += ["Difference = mean(b) − mean(a). Unpaired: |difference| > 2 × pooled std. Paired (runs of the same "
+              "seed share initial weights and batches): per-seed differences b − a, mean ± std; they exceed the "
+              "noise when every seed has the same sign and |mean| > 2 × their std.", ""]
+        L += _md_table(["a", "b", "quantity", "difference", "2 × pooled std", "verdict", "paired difference",
+                        "paired verdict"], rows)
     else:
         L += ["Only one label."]
     L += ["", "## Loss jumps at growth events", ""]

@@ -110,6 +110,31 @@ def exceeds_seed_spread(a: Sequence[float], b: Sequence[float]) -> bool | None:
     return abs(spread(a).mean - spread(b).mean) > 2 * pooled_std(a, b)
 
 
+def paired_difference(a: dict, b: dict) -> tuple[int, float, float] | None:
+    """Per-seed differences b[seed] - a[seed] over the seeds both have: (n, mean, sample std).
+
+    Runs of one seed share their initial weights and batches, so most seed noise cancels in the
+    difference; None with fewer than 2 common seeds."""
+    seeds = sorted(set(a) & set(b), key=str)
+    if len(seeds) < 2:
+        return None
+    d = [b[s] - a[s] for s in seeds]
+    s = spread(d)
+    return len(d), s.mean, s.std
+
+
+def exceeds_paired_noise(a: dict, b: dict) -> bool | None:
+    """The paired criterion: every common seed's difference has the same sign and
+    |mean difference| > 2 * std of the per-seed differences. A rough screen, like the unpaired one."""
+    pd = paired_difference(a, b)
+    if pd is None:
+        return None
+    n, mean, std = pd
+    diffs = [b[s] - a[s] for s in set(a) & set(b)]
+    same_sign = all(x > 0 for x in diffs) or all(x < 0 for x in diffs)
+    return same_sign and abs(mean) > 2 * std
+
+
 def mean_curve(
     curves: Sequence[tuple[Sequence[float], Sequence[float]]],
 ) -> tuple[list[float], list[float], list[float], list[float], list[float]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval.compare import compare, drop_superseded, load_run, read_wandb_records, seed_spread_rows
-from eval.report import exceeds_seed_spread, first_reach, loss_jump, mean_curve, pooled_std, run_result, spread, value_at
+from eval.report import exceeds_paired_noise, exceeds_seed_spread, paired_difference, first_reach, loss_jump, mean_curve, pooled_std, run_result, spread, value_at
 
 REPO = Path(__file__).resolve().parent.parent
 XS, YS = [0.0, 10.0, 20.0, 30.0], [4.0, 3.0, 2.0, 1.5]
@@ -374,3 +374,14 @@ def test_reads_what_the_trainer_writes(tmp_path, monkeypatch):
     # Training loss logged at step 4 is the 2-layer model's; the eval at step 4 runs on the 4-layer one.
     assert (tj.before_step, tj.after_step, ej.before_step, ej.after_step) == (4, 5, 2, 4)
     assert [r["depth"] for r in from_jsonl.evals] == [2, 4, 4, 4]
+
+
+def test_paired_difference_by_seed():
+    a = {0: 5.99, 1: 5.93, 2: 5.97}
+    b = {0: 5.96, 1: 5.90, 2: 5.935}  # b - a = -0.03, -0.03, -0.035
+    n, mean, std = paired_difference(a, b)
+    assert n == 3 and abs(mean - (-0.095 / 3)) < 1e-12 and abs(std - 0.0028867513) < 1e-9
+    assert exceeds_paired_noise(a, b) is True
+    assert exceeds_seed_spread(list(a.values()), list(b.values())) is False  # the unpaired screen misses it
+    assert exceeds_paired_noise(a, {0: 6.0, 1: 5.90, 2: 5.97}) is False  # signs differ
+    assert paired_difference({0: 1.0}, {0: 2.0, 1: 3.0}) is None
