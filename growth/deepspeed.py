@@ -33,11 +33,13 @@ def flat_partitions(zero_optimizer) -> list[torch.Tensor]:
     """The flat fp32 master partitions that the basic optimizer steps (its state keys)."""
     if hasattr(zero_optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3
         return list(zero_optimizer.fp32_partitioned_groups_flat)
+    if hasattr(zero_optimizer, "fp32_groups_flat_partition"):  # BF16_Optimizer (bf16 with ZeRO-0/1)
+        return list(zero_optimizer.fp32_groups_flat_partition)
     return list(zero_optimizer.single_partition_of_fp32_groups)  # ZeRO-1/2
 
 
 def link_optimizer_state(zero_optimizer) -> None:
-    """ZeRO-1/2 link each parameter's optimizer-state fragments lazily, and only for param group 0
+    """ZeRO-1/2 (and BF16_Optimizer) link each parameter's optimizer-state fragments lazily, and only for param group 0
     once the state exists; re-link so that every group's states can be read and written."""
     if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):
         zero_optimizer._hp_optimizer_states_linked = False
@@ -63,7 +65,7 @@ def create_optimizer_state(zero_optimizer, keys: list[str], other_entries: list[
 
 def sync_model_weights(zero_optimizer) -> None:
     """Copy the fp32 masters into the (possibly bf16) model parameters, as after a step."""
-    if hasattr(zero_optimizer, "update_lp_params"):  # ZeRO-1/2: partitions, then all-gather
+    if hasattr(zero_optimizer, "update_lp_params"):  # ZeRO-1/2, BF16_Optimizer: partitions, then all-gather
         zero_optimizer.update_lp_params()
         return
     for i in range(len(zero_optimizer.fp16_partitioned_groups_flat)):  # ZeRO-3

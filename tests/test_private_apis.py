@@ -69,6 +69,11 @@ def test_deepspeed_internals():
     src3 = inspect.getsource(DeepSpeedZeroOptimizer_Stage3)
     for attr in ("self.fp32_partitioned_groups_flat", "self.fp16_partitioned_groups_flat", "self.persistent_parameters"):
         assert attr in src3, f"ZeRO-3 optimizer attribute {attr} is gone"
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    for name in ("_lazy_init_hp_params_optimizer_state", "update_lp_params"):
+        assert hasattr(BF16_Optimizer, name), f"BF16_Optimizer.{name} is gone"
+    assert "self.fp32_groups_flat_partition" in inspect.getsource(BF16_Optimizer), "BF16_Optimizer partitions renamed"
     engine = inspect.getsource(DeepSpeedEngine)
     for attr in ("self.global_steps", "self.global_samples", "self.micro_steps", "self.skipped_steps", "def destroy"):
         assert attr in engine, f"DeepSpeedEngine {attr} is gone"
