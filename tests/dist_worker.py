@@ -41,7 +41,7 @@ args = transformers.TrainingArguments(
     report_to=[], use_cpu=True, disable_tqdm=True, seed=0, lr_scheduler_type="linear", warmup_steps=2,
     save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, deepspeed=ds_config,
     max_grad_norm=1.0, accelerator_config={"use_configured_state": True} if ds_config else None,
-    dataloader_drop_last=True)
+    dataloader_drop_last=True, bf16=os.environ.get("GROWTH_TEST_BF16") == "1")
 trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
 enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 3], [5, 4]]},
                         "operator": os.environ.get("GROWTH_TEST_OPERATOR", "stack_last")})

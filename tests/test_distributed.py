@@ -119,3 +119,14 @@ def test_train_script_under_accelerate_zero3(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)  # the final model, gathered from ZeRO-3 into HF format
     assert sum(p.numel() for p in model.parameters()) == events[-1]["params"]
     assert all(torch.isfinite(p).all() for p in model.parameters()) and model.model.layers[5].mlp.up_proj.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["zero1", "zero3"])
+def test_bf16_growth(backend, single, tmp_path):
+    """bf16 as the GPU recipes train: ZeRO-1 uses DeepSpeed's BF16_Optimizer, ZeRO-3 bf16 partitions.
+    Masters stay fp32, so losses track the fp32 single-process run closely and ranks agree exactly."""
+    (r0, r1), log = launch(backend, tmp_path, GROWTH_TEST_BF16=1)
+    assert log.count("[growth] step") == 2 and r0["depth"] == 4
+    assert r0["final"] == r1["final"] and r0["snap"] == r1["snap"]
+    for step, loss in single["loss"].items():
+        assert _rel(loss, r0["loss"][step]) < 1e-3, (step, loss, r0["loss"][step])
