@@ -116,3 +116,26 @@ def test_bad_setup_raises_before_training(tmp_path):
         _trainer(tmp_path, growth_cfg={**SCHEDULE, "initial_depth": 3, "points": [[0.5, 4]]})
     with pytest.raises(ValueError, match=r"growth.schedule.points\[1\]"):
         _trainer(tmp_path, growth_cfg={**SCHEDULE, "points": [[0.3, 3], [0.6, 3]]})
+
+
+def test_lr_rewarmup_after_growth(tmp_path):
+    """rewarmup_steps=2: the two steps after each growth run at 1/3 and 2/3 of the schedule's LR."""
+
+    def applied_lrs(trainer):
+        lrs = {}
+
+        class Record(transformers.TrainerCallback):
+            def on_optimizer_step(self, args, state, control, optimizer=None, **kw):
+                lrs[state.global_step] = optimizer.param_groups[0]["lr"]  # step about to be taken: global_step + 1
+
+        trainer.add_callback(Record())
+        trainer.train()
+        return lrs
+
+    plain = applied_lrs(_trainer(tmp_path / "a"))
+    trainer = _trainer(tmp_path / "b")
+    trainer.growth_config.rewarmup_steps = 2
+    warm = applied_lrs(trainer)
+    for step in plain:  # growth after steps 3 and 6: optimizer steps 3, 4 and 6, 7 (0-based) ramp
+        factor = {3: 1 / 3, 4: 2 / 3, 6: 1 / 3, 7: 2 / 3}.get(step, 1.0)
+        assert warm[step] == pytest.approx(plain[step] * factor, rel=1e-12), step
