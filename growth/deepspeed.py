@@ -26,7 +26,7 @@ from deepspeed.utils import (
 
 from .families import family_of
 from .grow import plan
-from .surgery import init_factor, kept_parameters, parameter_sources
+from .surgery import build_grown, init_factor, kept_parameters, parameter_sources
 
 
 def flat_partitions(zero_optimizer) -> list[torch.Tensor]:
@@ -109,11 +109,7 @@ def grow_engine(trainer, depth: int) -> list:
     counters = {k: getattr(old_engine, k) for k in ("global_steps", "global_samples", "micro_steps", "skipped_steps")}
 
     # The grown model, built from its config (ZeRO-3: partitioned at construction by zero.Init).
-    config = copy.deepcopy(old_model.config)
-    family.update_config(config, mapping)
-    dtype = next(old_model.parameters()).dtype
-    new_model = type(old_model)._from_config(config, dtype=dtype)
-    new_model.train(old_model.training)
+    new_model = build_grown(old_model, mapping)
     if getattr(old_model, "is_gradient_checkpointing", False):
         new_model.gradient_checkpointing_enable(getattr(old_model, "_gradient_checkpointing_kwargs", None))
 

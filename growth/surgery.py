@@ -92,6 +92,17 @@ def grow_layers(
     return added
 
 
+def build_grown(model: nn.Module, mapping: Sequence[int | None]) -> nn.Module:
+    """A new model of ``model``'s class whose config is grown by ``mapping`` (fresh weights, same
+    dtype and train mode). Under ZeRO-3 transformers' ``from_config`` builds it partitioned
+    (``deepspeed.zero.Init``), so no rank materialises the full grown model."""
+    config = copy.deepcopy(model.config)
+    family_of(model).update_config(config, list(mapping))
+    grown = type(model)._from_config(config, dtype=next(model.parameters()).dtype)
+    grown.train(model.training)
+    return grown
+
+
 def parameter_sources(family: Family, mapping: Sequence[int | None], depth: int, layer_param_names: Sequence[str]) -> dict[str, str | None]:
     """Full parameter name in the grown model -> name of the old parameter it comes from (itself
     for kept layers, its source for copies, None for fresh layers), for block parameters only.

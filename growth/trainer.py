@@ -25,8 +25,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import GrowthConfig
 from .flops import cumulative_training_flops, training_flops_per_token
-from .grow import current_depth, grow
+from .grow import current_depth, grow, plan
 from .schedule import GrowthSchedule
+from .surgery import build_grown
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "growth_events.jsonl"
@@ -122,16 +123,8 @@ class GrowingTrainerMixin:
         if any(hasattr(p, "ds_id") for p in self.model.parameters()):
             # Partitioned by ZeRO-3's zero.Init: surgery on placeholders is meaningless; rebuild the
             # model (partitioned again by zero.Init) from the grown config instead.
-            import copy
-
-            from .families import family_of
-            from .grow import plan
-
             g = self.growth_config
-            config = copy.deepcopy(self.model.config)
-            family_of(config).update_config(config, plan(self.model, depth, g.operator, g.init, g.block))
-            dtype = next(self.model.parameters()).dtype
-            self.model = self.model_wrapped = type(self.model)._from_config(config, dtype=dtype)
+            self.model = self.model_wrapped = build_grown(self.model, plan(self.model, depth, g.operator, g.init, g.block))
         else:
             self._grow_model(depth, optimizer=None)
 
