@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -21,3 +22,12 @@ def tiny_model(family="llama", layers=2, hidden=32, vocab=97, seed=0, **kw):
 @pytest.fixture
 def make_model():
     return tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb():
+    """wandb keeps process-wide settings (WANDB_DIR included) from its first run; reset them after
+    every test that used it, so the next in-process run writes where its test says."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()

@@ -39,7 +39,13 @@ def wandb_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(out / "tb"))
     for key in ("WANDB_RUN_GROUP", "WANDB_TAGS"):  # attach_reporting sets them; monkeypatch restores
         monkeypatch.delenv(key, raising=False)
-    return out
+    import wandb
+
+    # wandb keeps process-wide settings (WANDB_DIR included) from the first run in this process;
+    # start from a clean singleton so this test's directory is used, and leave one behind.
+    wandb.teardown()
+    yield out
+    wandb.teardown()
 
 
 def _wandb_records(path):
