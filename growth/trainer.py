@@ -146,9 +146,12 @@ class GrowingTrainerMixin:
         else:
             mapping = self._grow_model(depth, self.optimizer)
             if self.model_wrapped is not self.model:  # DDP registered its hooks on the old parameters
-                acc = self.accelerator
-                acc._models = [m for m in acc._models if m is not self.model_wrapped]
+                acc, old = self.accelerator, self.model_wrapped
+                acc._models = [m for m in acc._models if m is not old]
                 self.model_wrapped = acc.prepare_model(self.model)
+                # The Trainer's loop enters no_sync(old wrapper) on gradient-accumulation micro-steps:
+                # forward it to whichever wrapper is current, so accumulation still skips all-reduces.
+                old.no_sync = lambda: self.model_wrapped.no_sync()
         g = self.growth_config
         event = {"step": self.state.global_step, "from_depth": from_depth, "to_depth": depth, "operator": g.operator,
                  "init": g.init, "beta": g.beta, "optimizer_state": g.optimizer_state, "mapping": mapping,

@@ -25,6 +25,7 @@ resume = os.environ.get("GROWTH_TEST_RESUME")
 save_steps = int(os.environ.get("GROWTH_TEST_SAVE_STEPS", 0))
 stop_at = int(os.environ.get("GROWTH_TEST_STOP_AT", 0))  # simulate an interrupted run
 world = int(os.environ.get("WORLD_SIZE", 1))
+accum = int(os.environ.get("GROWTH_TEST_ACCUM", 1))  # gradient accumulation steps (same global batch)
 cpu_distributed_shim(deepspeed=ds_config is not None)
 
 g = torch.Generator().manual_seed(0)
@@ -37,7 +38,7 @@ data = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
 model = tiny_model("llama", layers=2).train()
 # Same global batch (8) on 1 or 2 processes.
 args = transformers.TrainingArguments(
-    out, max_steps=max_steps, per_device_train_batch_size=8 // world, learning_rate=3e-3, logging_steps=1,
+    out, max_steps=max_steps, per_device_train_batch_size=8 // world // accum, gradient_accumulation_steps=accum, learning_rate=3e-3, logging_steps=1,
     report_to=[], use_cpu=True, disable_tqdm=True, seed=0, lr_scheduler_type="linear", warmup_steps=2,
     save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, deepspeed=ds_config,
     max_grad_norm=1.0, accelerator_config={"use_configured_state": True} if ds_config else None,

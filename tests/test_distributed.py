@@ -130,3 +130,12 @@ def test_bf16_growth(backend, single, tmp_path):
     assert r0["final"] == r1["final"] and r0["snap"] == r1["snap"]
     for step, loss in single["loss"].items():
         assert _rel(loss, r0["loss"][step]) < 1e-3, (step, loss, r0["loss"][step])
+
+
+def test_ddp_gradient_accumulation_across_growth(single, tmp_path):
+    """DDP with 2 micro-batches per step: after growth the micro-steps still accumulate locally
+    (no_sync reaches the new wrapper) and the losses match one process without accumulation."""
+    (r0, r1), _ = launch("ddp", tmp_path, GROWTH_TEST_ACCUM=2)
+    assert r0["depth"] == 4 and r0["final"] == r1["final"]
+    for step, loss in single["loss"].items():
+        assert _rel(loss, r0["loss"][step]) < 1e-4, (step, loss, r0["loss"][step])
