@@ -170,7 +170,6 @@ class GrowthCallback(TrainerCallback):
 
     def __init__(self, trainer: GrowingTrainerMixin):
         self.trainer = trainer
-        self.events: list[dict] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
         t, warm = self.trainer, self.trainer.growth_config.rewarmup_steps
@@ -187,7 +186,6 @@ class GrowthCallback(TrainerCallback):
         target = t.growth_steps.depth_at(state.global_step)
         if target > current_depth(t.model):
             event = t.grow_now(target)
-            self.events.append(event)
             for cb in t.callback_handler.callbacks:
                 if hasattr(cb, "on_growth"):
                     cb.on_growth(args, state, event)
