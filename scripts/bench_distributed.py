@@ -94,7 +94,7 @@ def worker(args) -> None:
 
     from growth.distributed import cpu_distributed_shim
     from growth.models import ModelConfig, build_model
-    from growth.trainer import GrowthCallback, enable_growth
+    from growth.trainer import enable_growth
 
     backend = args.worker
     ds_config = os.path.join(REPO, "recipes", "accelerate", f"ds_{backend}.json") if backend.startswith("zero") else None
@@ -147,11 +147,13 @@ def worker(args) -> None:
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=data)
         timer = StepTimer()
         trainer.add_callback(timer)  # before GrowthCallback: a step's timer stops before that step's growth runs
+        events = []
+        trainer.add_callback(type("EventLog", (transformers.TrainerCallback,), {
+            "on_growth": lambda self, a, s, event: events.append(event)})())  # the public growth listener
         if grow:
             enable_growth(trainer, {"schedule": {"initial_depth": depth, "unit": "steps",
                                                  "points": [[args.grow_at, args.target]]}}, run_log=False)
         trainer.train()
-        events = next((cb.events for cb in trainer.callback_handler.callbacks if isinstance(cb, GrowthCallback)), [])
         if grow and (len(events) != 1 or trainer.model.config.num_hidden_layers != args.target):
             raise RuntimeError(f"{backend}: expected one growth to depth {args.target}, got events {events}")
         first = args.grow_at + 1 + args.warmup if grow else 1 + args.warmup

@@ -92,7 +92,7 @@ def worker(args) -> None:
 
     from growth.distributed import cpu_distributed_shim
     from growth.models import ModelConfig, build_model
-    from growth.trainer import GrowthCallback, enable_growth
+    from growth.trainer import enable_growth
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
@@ -124,6 +124,7 @@ def worker(args) -> None:
         def __init__(self):
             self.seconds: dict[int, float] = {}
             self.memory: dict[str, int | None] = {}
+            self.events: list[dict] = []  # growth events, from the public on_growth listener
 
         def on_step_begin(self, args, state, control, **kw):
             if cuda:
@@ -147,6 +148,7 @@ def worker(args) -> None:
                 torch.cuda.synchronize()
             # The event's own "seconds" stop before queued GPU work has finished; this includes it.
             self.growth_seconds = time.perf_counter() - self.growth_start
+            self.events.append(event)
             self.memory["growth_peak"] = peak()
             reset_peak()
 
@@ -173,7 +175,7 @@ def worker(args) -> None:
                                              "points": [[args.steps_before, args.target]]}}, run_log=False)
     params_start = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
     trainer.train()
-    events = next((cb.events for cb in trainer.callback_handler.callbacks if isinstance(cb, GrowthCallback)), [])
+    events = probe.events
     depth = trainer.model.config.num_hidden_layers
     if depth != args.target or len(events) != (1 if grow else 0):
         raise RuntimeError(f"zero{args.stage} {args.worker}: ended at depth {depth} after {len(events)} growth(s)")
