@@ -35,6 +35,7 @@ import dataclasses
 import difflib
 import enum
 import inspect
+import math
 import re
 import types
 import typing
@@ -50,7 +51,8 @@ from .families import SUPPORTED as SUPPORTED_FAMILIES
 from .models import ModelConfig
 from .operators import make_mapping
 
-TOP_LEVEL = ("name", "label", "seed", "baseline", "tags", "model", "data", "tokenizer", "growth", "training")
+TOP_LEVEL = ("name", "label", "seed", "baseline", "tags", "lr_decay_share", "model", "data", "tokenizer", "growth", "training")
+WSD = "warmup_stable_decay"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "growth": GrowthConfig}
 NOT_INHERITED = ("name", "label")
 # TrainingArguments fields a recipe does not set in `training`: the recipe's own field, or an option
@@ -69,6 +71,9 @@ class Recipe:
     seed: int = field(default=0, metadata={"help": "seed for model initialisation and training (TrainingArguments.seed)"})
     baseline: bool = field(default=False, metadata={"help": "train the final depth from step 0 without growth"})
     tags: list = field(default_factory=list, metadata={"help": "free-form tags, written to run.json"})
+    lr_decay_share: float | None = field(default=None, metadata={
+        "help": "training.lr_scheduler_type warmup_stable_decay: share of max_steps in the final decay phase, "
+                "in (0, 1); becomes lr_scheduler_kwargs.num_decay_steps (round(share * max_steps))"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(train_bpe=True))
@@ -84,6 +89,7 @@ class Recipe:
         """Plain data (YAML/JSON-ready); ``recipe_from_dict(r.to_dict()) == r``."""
         return {
             "name": self.name, "label": self.label, "seed": self.seed, "baseline": self.baseline, "tags": list(self.tags),
+            **({"lr_decay_share": self.lr_decay_share} if self.lr_decay_share is not None else {}),
             "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
             "tokenizer": dataclasses.asdict(self.tokenizer), "growth": self.growth.to_dict(),
             "training": dict(self.training),
@@ -92,10 +98,29 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def training_arguments_kwargs(self) -> dict[str, Any]:
+        """``training`` as TrainingArguments takes it: ``lr_decay_share`` turned into WSD's step count."""
+        kwargs = dict(self.training)
+        if self.lr_decay_share is not None:
+            decay = wsd_decay_steps(self.lr_decay_share, kwargs["max_steps"])
+            kwargs["lr_scheduler_kwargs"] = {**(kwargs.get("lr_scheduler_kwargs") or {}), "num_decay_steps": decay}
+        return kwargs
+
     @property
     def final_depth(self) -> int:
         s = self.growth.schedule
         return s.final_depth if s is not None else self.model.num_layers
+
+
+def wsd_decay_steps(share: float, max_steps: int) -> int:
+    """Steps of the warmup-stable-decay schedule's final decay phase: round(share * max_steps), at least 1."""
+    return max(1, round(share * max_steps))
+
+
+def warmup_steps_of(training: dict, max_steps: int) -> int:
+    """TrainingArguments' warmup: a float below 1 is a fraction of max_steps (rounded up, as transformers does)."""
+    w = training.get("warmup_steps", 0) or 0
+    return math.ceil(w * max_steps) if isinstance(w, float) and w < 1 else int(w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +410,7 @@ def _build(d: dict) -> Recipe:
     if "name" not in d:
         raise ValueError("name: missing")
     top = type_hints(None)
-    for key in ("name", "label", "seed", "baseline", "tags"):
+    for key in ("name", "label", "seed", "baseline", "tags", "lr_decay_share"):
         if key in d:
             check_type(key, d[key], top[key])
     for i, tag in enumerate(d.get("tags") or []):
@@ -399,7 +424,9 @@ def _build(d: dict) -> Recipe:
     training = d.get("training") or {}
     _check_training(training)
     recipe = Recipe(name=d["name"], label=d.get("label"), seed=d.get("seed", 0), baseline=d.get("baseline", False),
-                    tags=list(d.get("tags") or []), training=dict(training), **sections)
+                    tags=list(d.get("tags") or []), lr_decay_share=d.get("lr_decay_share"), training=dict(training),
+                    **sections)
+    _check_lr_schedule(recipe)
     _check_across(recipe)
     return recipe
 
@@ -445,6 +472,34 @@ def _check_training(training) -> None:
     max_steps = training.get("max_steps", -1)
     if max_steps == 0 or max_steps < -1:
         raise ValueError(f"training.max_steps: must be positive (or -1 to train num_train_epochs), got {max_steps}")
+
+
+def _check_lr_schedule(r: Recipe) -> None:
+    """warmup_stable_decay needs its decay length, given once; lr_decay_share only means something there."""
+    t, share = r.training, r.lr_decay_share
+    wsd = t.get("lr_scheduler_type") == WSD
+    kwargs = t.get("lr_scheduler_kwargs")
+    given = kwargs.get("num_decay_steps") if isinstance(kwargs, dict) else None
+    if share is None:
+        if wsd and given is None:
+            raise ValueError(f"lr_decay_share: training.lr_scheduler_type {WSD} needs the decay phase's length: set "
+                             "lr_decay_share (e.g. 0.2) or training.lr_scheduler_kwargs.num_decay_steps")
+        return
+    if not wsd:
+        raise ValueError(f"lr_decay_share: {share} is only used with training.lr_scheduler_type {WSD}, "
+                         f"got lr_scheduler_type {t.get('lr_scheduler_type', 'linear')!r}")
+    if not 0 < share < 1:
+        raise ValueError(f"lr_decay_share: must be in (0, 1) (a share of max_steps), got {share}")
+    if given is not None:
+        raise ValueError(f"lr_decay_share: {share} and training.lr_scheduler_kwargs.num_decay_steps {given} both set "
+                         "the decay length; keep one")
+    max_steps = t.get("max_steps", -1)
+    if max_steps < 1:
+        raise ValueError(f"lr_decay_share: needs a positive training.max_steps (the share is of max_steps), got {max_steps}")
+    warmup, decay = warmup_steps_of(t, max_steps), wsd_decay_steps(share, max_steps)
+    if warmup + decay > max_steps:
+        raise ValueError(f"lr_decay_share: {share} gives {decay} decay steps, which with {warmup} warmup steps exceed "
+                         f"training.max_steps {max_steps}")
 
 
 def _check_across(r: Recipe) -> None:

@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, RunOptions]:
 def training_arguments(recipe: Recipe):
     from transformers import TrainingArguments
 
-    kwargs = {"run_name": recipe.name, **recipe.training, "seed": recipe.seed}
+    kwargs = {"run_name": recipe.name, **recipe.training_arguments_kwargs(), "seed": recipe.seed}
     # Under `accelerate launch` with a DeepSpeed config on a machine without GPU (tests, CI), the
     # process group and accelerate's state must be set up by hand (growth/distributed.py).
     ds_config = kwargs.get("deepspeed") or (os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
