@@ -1,4 +1,4 @@
-"""Stacking as accelerated gradient descent (growth/theory.py, eval/paper.py): small fixed-seed instances."""
+"""Stacking as accelerated gradient descent (eval/paper/theory.py, eval/paper/reproduce.py): small fixed-seed instances."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from growth import theory
+from eval.paper import theory
 
 SEEDS = (0, 1, 2)
 
@@ -204,7 +204,7 @@ def test_sweep_config_names_the_bad_field():
 
 
 def test_paper_command_writes_results_table_and_plots(tmp_path):
-    from eval import paper
+    from eval.paper import reproduce as paper
 
     results = paper.main(["--out", str(tmp_path), "--kappas", "10", "100", "--seeds", "2"])
     for name in ("paper_results.json", "paper_table.md", "paper_curves.png", "paper_curves.svg",

@@ -1,12 +1,13 @@
 """Reproduce "Stacking as Accelerated Gradient Descent" (Agarwal, Awasthi, Kale, Zhao, 2024) on a CPU.
 
-    python eval/paper.py --out out/paper            # kappa 10 .. 1e4, 5 seeds: a few minutes on 2 cores
-    python eval/paper.py --out out/paper --quick    # kappa 10 .. 1e3, 3 seeds: well under a minute
-    python eval/paper.py --out /tmp/p --kappas 10 100 --seeds 2   # any smaller sweep
+    python eval/paper/reproduce.py --out out/paper            # kappa 10 .. 1e4, 5 seeds: a few minutes on 2 cores
+    python eval/paper/reproduce.py --out out/paper --quick    # kappa 10 .. 1e3, 3 seeds: well under a minute
+    python eval/paper/reproduce.py --out /tmp/p --kappas 10 100 --seeds 2   # any smaller sweep
+    python eval/paper/reproduce.py --smoke                    # kappa 10, 100, 2 seeds, into a temp dir (seconds)
 
 Stagewise training adds one component per stage and trains only it, for a few gradient steps, from
 an initialisation: zero, random, a copy of the previous component, a copy scaled by Nesterov's beta,
-or a copy scaled by Nesterov's schedule (t-1)/(t+2). The experiments live in growth/theory.py; this
+or a copy scaled by Nesterov's schedule (t-1)/(t+2). The experiments live in eval/paper/theory.py; this
 script runs them, checks the exact correspondence with explicit GD / Nesterov, and writes into --out:
 
   paper_results.json      per setting and method: the fitted exponent of stages-to-target against
@@ -29,15 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as `python eval/paper.py`: import from the repo root
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __package__ in (None, ""):  # run as `python eval/paper/reproduce.py`: import from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from growth import theory
+from eval.paper import theory
 
 # Exponent of stages-to-target in kappa that the theory predicts (first-order, constant momentum).
 THEORY = {
@@ -269,12 +271,18 @@ def _save(fig, stem: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (created; required unless --smoke)")
     p.add_argument("--quick", action="store_true", help=f"smaller sweep: kappas {QUICK['kappas']}, {QUICK['seeds']} seeds")
     p.add_argument("--kappas", type=float, nargs="+", help="condition numbers to sweep (overrides the preset)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0 .. N-1 (overrides the preset)")
     p.add_argument("--target", type=float, default=1e-3, help="relative excess loss to reach (default 1e-3)")
+    p.add_argument("--smoke", action="store_true", help="kappas 10 and 100, 2 seeds (seconds); --out defaults to a temp dir")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.kappas, args.seeds = args.kappas or [10.0, 100.0], args.seeds or 2
+        args.out = args.out or Path(tempfile.mkdtemp(prefix="paper_smoke_"))
+    if args.out is None:
+        p.error("--out is required (or --smoke)")
     if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     return args
@@ -295,7 +303,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     results = {
         "paper": "Agarwal, Awasthi, Kale, Zhao (2024), Stacking as Accelerated Gradient Descent",
-        "command": "python eval/paper.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python eval/paper/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "target": args.target,
         "stay_margin": theory.STAY_MARGIN,
         "settings": {},
