@@ -200,8 +200,9 @@ def build_data(recipe: Recipe):
 
     texts = load_documents(recipe.data)[0] if recipe.tokenizer.train_bpe else None
     tokenizer = build_tokenizer(recipe.tokenizer, texts, recipe.data.cache_dir)
+    # Prepared: memory-mapped blocks; streaming (data.streaming): an IterableDataset read on the fly.
     train, validation = build_datasets(recipe.data, tokenizer)
-    return tokenizer, train, (validation if len(validation) else None)
+    return tokenizer, train, (validation if validation is not None and len(validation) else None)
 
 
 def run_info(recipe: Recipe, max_steps: int) -> dict:
@@ -252,7 +253,9 @@ def run(recipe: Recipe, options: RunOptions | None = None) -> dict:
     start = time.time()
     with args.main_process_first(desc="tokenizer and data"):
         tokenizer, train_ds, eval_ds = build_data(recipe)
-    say(f"[run] data: {len(train_ds)} train / {len(eval_ds) if eval_ds is not None else 0} eval blocks of "
+    from .data import data_summary
+
+    say(f"[run] data: {data_summary(train_ds, eval_ds)} of "
         f"{recipe.data.block_size} tokens, vocab {len(tokenizer)} ({time.time() - start:.1f} s)", flush=True)
 
     transformers.set_seed(recipe.seed)

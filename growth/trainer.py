@@ -83,14 +83,25 @@ class GrowingTrainerMixin:
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint: no checkpoint found in output_dir {self.args.output_dir}")
         self._resolve_growth_schedule()
+        self._data_resume_step = 0
         if resume_from_checkpoint:
             # The checkpoint holds the grown model: build that structure before the Trainer loads it.
             state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            self._data_resume_step = state.global_step
             # Through each event in turn, so per-layer config (e.g. Qwen's layer_types) follows the same mappings.
             for point, depth in self.growth_steps.points:
                 if point <= state.global_step and depth > current_depth(self.model):
                     self._grow_structure(depth)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_train_dataloader(self):
+        # A dataset that reads its own share per rank (growth.data.StreamingBlocks) makes its own
+        # loader, positioned at the resumed step: accelerate would dispatch an IterableDataset from
+        # rank 0, or have every rank read all of it.
+        make = getattr(self.train_dataset, "make_dataloader", None)
+        if make is None:
+            return super().get_train_dataloader()
+        return make(self.args, self.accelerator, self.data_collator, getattr(self, "_data_resume_step", 0))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(self.model_wrapped, inputs, num_items_in_batch)
