@@ -59,7 +59,13 @@ class GrowingTrainerMixin:
         return self._growth_seq_len * a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
 
     def _flops_per_token(self, depth: int) -> float:
-        return training_flops_per_token(self.model.config, self._growth_seq_len, depth)
+        # Memoized: every log asks for it, and each HF config attribute read costs microseconds.
+        # Only the depth changes in a run (growth keeps every other dimension).
+        memo = self.__dict__.setdefault("_growth_flops_memo", {})
+        key = (self._growth_seq_len, depth)
+        if key not in memo:
+            memo[key] = training_flops_per_token(self.model.config, self._growth_seq_len, depth)
+        return memo[key]
 
     def _resolve_growth_schedule(self) -> None:
         if self._growth_seq_len is None:
@@ -119,9 +125,17 @@ class GrowingTrainerMixin:
         # Added here, before the callbacks run, so wandb / TensorBoard / metrics.jsonl all see them.
         if self.growth_steps is not None and self.state.global_step is not None:
             logs.update(self.compute_at(self.state.global_step))
-            logs["growth/depth"] = current_depth(self.model)
-            logs["growth/params"] = count_params(self.model)
+            logs["growth/depth"], logs["growth/params"] = self._model_size()
         return super().log(logs, *args, **kwargs)
+
+    def _model_size(self) -> tuple[int, int]:
+        """(depth, parameters), counted again only when the model object or its configured depth
+        changed: walking every parameter at every log is per-step work (scripts/bench_overhead.py)."""
+        key = (id(self.model), self.model.config.num_hidden_layers)
+        cached = self.__dict__.get("_growth_model_size")
+        if cached is None or cached[0] != key:
+            cached = self._growth_model_size = (key, (current_depth(self.model), count_params(self.model)))
+        return cached[1]
 
     # --- growth --------------------------------------------------------------------------------
     def _grow_model(self, depth: int, optimizer) -> list:
