@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import traceback
 import warnings
 from collections import defaultdict
 
@@ -119,9 +120,10 @@ def op_bytes(name: str, a: dict) -> tuple[int, int]:
 class CommCounter:
     """What :func:`count_bytes` yields: totals, and records of every call with its phase."""
 
-    def __init__(self):
+    def __init__(self, trace: bool = False):
         self.records: list[dict] = []
         self._phase = "-"
+        self.trace = trace
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -133,7 +135,11 @@ class CommCounter:
             self._phase = previous
 
     def add(self, op: str, sent: int, received: int) -> None:
-        self.records.append({"op": op, "phase": self._phase, "sent": sent, "received": received})
+        record = {"op": op, "phase": self._phase, "sent": sent, "received": received}
+        if self.trace:  # the innermost caller frames outside torch: where the traffic comes from
+            frames = [f for f in traceback.extract_stack()[:-3] if "/torch/" not in f.filename]
+            record["where"] = [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in frames[-14:]]
+        self.records.append(record)
 
     @property
     def sent(self) -> int:
@@ -176,9 +182,27 @@ class _Mode(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+_active: list[CommCounter] = []
+
+
 @contextlib.contextmanager
-def count_bytes():
-    """Count the collective / point-to-point bytes of this rank while the block runs (see module doc)."""
-    counter = CommCounter()
-    with _Mode(counter):
-        yield counter
+def count_bytes(trace: bool = False):
+    """Count the collective / point-to-point bytes of this rank while the block runs (see module doc).
+    ``trace``: each record also keeps its callers (``record["where"]``), to find where traffic comes from."""
+    counter = CommCounter(trace)
+    _active.append(counter)
+    try:
+        with _Mode(counter):
+            yield counter
+    finally:
+        _active.remove(counter)
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """Label the calls made inside with ``name`` in every active counter; a no-op when none counts.
+    Library code (a growth event) marks its phases with it, a benchmark or test counts."""
+    with contextlib.ExitStack() as stack:
+        for counter in list(_active):
+            stack.enter_context(counter.phase(name))
+        yield

@@ -1,0 +1,104 @@
+"""Growth under ZeRO 1/2/3 with each copy method, in one multi-process launch:
+`torchrun --nproc_per_node 2 tests/zero_worker.py OUT CASE [CASE ...]`, CASE = stage:init:state:method[:bf16].
+
+Per case, each rank trains a tiny llama 3 steps, grows 2 -> 4 (stack_last) with GROWTH_DISTRIBUTED_COPY=method,
+counts the growth event's bytes by phase (growth.comm), saves its own ZeRO state right after the
+event (every fp32 master and moment partition, its bf16/fp32 parameter partitions or replicas) to
+OUT/<case>.rank<R>.pt, then trains 2 more steps (losses in the same file).
+"""
+
+import gc
+import os
+import sys
+
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import tiny_model  # noqa: E402
+
+from growth.comm import count_bytes  # noqa: E402
+from growth.distributed import cpu_distributed_shim  # noqa: E402
+from growth.trainer import enable_growth  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+out, cases = sys.argv[1], sys.argv[2:]
+cpu_distributed_shim(deepspeed=True)
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+torch.set_num_threads(1)
+
+g = torch.Generator().manual_seed(0)
+starts = torch.randint(2, 60, (64, 1), generator=g)
+ids = ((starts + torch.arange(16)) % 95 + 2).tolist()
+data = [{"input_ids": torch.tensor(r), "labels": torch.tensor(r)} for r in ids]
+
+
+def local_state(engine) -> dict:
+    """This rank's own state, no communication: flat fp32 partitions and their optimizer state,
+    and the model's parameter storage (ZeRO-3: ds_tensor partitions, plus full data of the
+    persistent ones; ZeRO-1/2: the full replicas)."""
+    from growth.deepspeed import flat_partitions
+
+    opt = engine.optimizer
+    flats = flat_partitions(opt)
+    state = {"flat": [f.detach().clone() for f in flats],
+             "opt": [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.optimizer.state[f].items()} for f in flats],
+             "params": {}}
+    for name, p in engine.module.named_parameters():
+        if hasattr(p, "ds_tensor"):
+            state["params"][name] = p.ds_tensor.detach().clone()
+            if p.data.numel() == p.ds_numel:  # persistent: replicated in full
+                state["params"][name + ":full"] = p.data.detach().clone()
+        else:
+            state["params"][name] = p.detach().clone()
+    return state
+
+
+def run(case: str) -> None:
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    stage, init, policy, method, *rest = case.split(":")
+    bf16 = "bf16" in rest
+    os.environ["GROWTH_DISTRIBUTED_COPY"] = method
+    AcceleratorState._reset_state(reset_partial_state=False)  # a new DeepSpeed Accelerator per case
+    unset_hf_deepspeed_config()  # the initial model is built plain, as in every case
+    model = tiny_model("llama", layers=2).train()
+    args = transformers.TrainingArguments(
+        os.path.join(out, case.replace(":", "_")), max_steps=5, per_device_train_batch_size=8 // world,
+        learning_rate=3e-3, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+        lr_scheduler_type="linear", warmup_steps=2, save_strategy="no", max_grad_norm=1.0, bf16=bf16,
+        deepspeed=os.path.join(ROOT, "recipes", "accelerate", f"ds_zero{stage}.json"),
+        accelerator_config={"use_configured_state": True}, dataloader_drop_last=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 4]]},
+                            "init": init, "beta": 0.5, "optimizer_state": policy}, run_log=False)
+    result = {}
+    grow_now = trainer.grow_now
+
+    def counted(depth):
+        with count_bytes(trace=bool(os.environ.get("GROWTH_COMM_TRACE"))) as c:
+            event = grow_now(depth)
+        result["bytes"] = c.by_phase()
+        result["records"] = [r for r in c.records if r["sent"] or r["received"]]
+        result["state"] = local_state(trainer.model_wrapped)
+        return event
+
+    trainer.grow_now = counted
+    trainer.train()
+    result["loss"] = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    result["depth"] = trainer.model.config.num_hidden_layers
+    result["fp32_bytes"] = 4 * sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainer.model.parameters())
+    torch.save(result, os.path.join(out, f"{case}.rank{rank}.pt"))
+    engine = trainer.model_wrapped
+    trainer.accelerator.free_memory()
+    engine.destroy()
+    del trainer, model, engine
+    gc.collect()
+
+
+for case in cases:
+    run(case)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
