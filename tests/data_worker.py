@@ -1,10 +1,11 @@
 """scripts/train.py (growth.run.main) with a recorder of every batch it trains on, for the data tests:
 
-    [accelerate launch ...] tests/data_worker.py OUT_PREFIX STOP_AT TRAIN_ARGS...
+    [accelerate launch ...] tests/data_worker.py OUT_PREFIX STOP_AT TRAIN_ARGS... [:: OUT_PREFIX STOP_AT TRAIN_ARGS...]
 
-Each rank writes OUT_PREFIX.rank{R}.json: {"steps": {global step: the batches' input_ids}, "exit": code}.
-STOP_AT > 0 stops the run after that optimizer step (its checkpoint is saved first, as a
-preempted run's would be). Nothing else is changed: the real recipe, data, Trainer and growth run.
+Each run (several, one after the other in this process, separated by "::", so a test pays the
+launch once) writes OUT_PREFIX.rank{R}.json: {"steps": {global step: the batches' input_ids},
+"exit": code}. STOP_AT > 0 stops the run after that optimizer step (its checkpoint is saved first,
+as a preempted run's would be). Nothing else is changed: the real recipe, data, Trainer and growth.
 """
 
 import json
@@ -16,9 +17,9 @@ import transformers
 import growth.trainer
 from growth.run import main
 
-out, stop_at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-steps: dict[int, list] = {}
 original = growth.trainer.enable_growth
+steps: dict[int, list] = {}
+stop_at = 0
 
 
 class StopAt(transformers.TrainerCallback):
@@ -44,8 +45,18 @@ def recording_enable_growth(trainer, *args, **kwargs):
 
 
 growth.trainer.enable_growth = recording_enable_growth
-code = main(argv)
+runs, run = [], []
+for token in sys.argv[1:]:
+    if token == "::":
+        runs.append(run)
+        run = []
+    else:
+        run.append(token)
+runs.append(run)
 rank = int(os.environ.get("RANK", 0))
-with open(f"{out}.rank{rank}.json", "w") as f:
-    json.dump({"steps": steps, "exit": code}, f)
-sys.exit(0 if code in (0, None) else code)
+for out, stop, *argv in runs:
+    steps.clear()
+    stop_at = int(stop)
+    code = main(argv)
+    with open(f"{out}.rank{rank}.json", "w") as f:
+        json.dump({"steps": steps, "exit": code}, f)
