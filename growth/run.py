@@ -154,6 +154,10 @@ def training_arguments(recipe: Recipe):
     from transformers import TrainingArguments
 
     kwargs = {"run_name": recipe.name, **recipe.training_arguments_kwargs(), "seed": recipe.seed}
+    # Every parameter of a supported causal LM takes part in every step, before and after growth, so
+    # DDP need not search each step's autograd graph for unused ones (the Trainer's default for HF
+    # models). A model that has unused parameters fails loudly in DDP; set it true in the recipe then.
+    kwargs.setdefault("ddp_find_unused_parameters", False)
     # Under `accelerate launch` with a DeepSpeed config on a machine without GPU (tests, CI), the
     # process group and accelerate's state must be set up by hand (growth/distributed.py).
     ds_config = kwargs.get("deepspeed") or (os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
