@@ -3,15 +3,26 @@
     python -m eval.compare runs/baseline_s0 runs/baseline_s1 runs/stack_last_s0 runs/stack_last_s1 --out out/compare
     python -m eval.compare runs/* --out out/compare --baseline baseline_equal_flops
     python eval/compare.py runs/* --out out/compare --ylim 2.5 4   # as a script, zoomed in
+    python eval/compare.py --wandb my-team/growth --group stack_last --out out/compare   # from a wandb project
+    python eval/compare.py --smoke                                  # synthetic runs into a temp dir (seconds)
 
-Each RUN_DIR is one training run, as written by the training script:
+Runs come from run directories, from a wandb project, or both. Each RUN_DIR is one training run,
+as written by the training script:
   run.json              {"name", "label", "seed", "baseline", "max_steps", "tags"}; runs that share
                         a label are seeds of one schedule and are aggregated
   metrics.jsonl         one object per log/eval: step, depth, params, tokens, flops, wall_time and
                         loss (training log) or eval_loss (evaluation)
   growth_events.jsonl   one object per growth: step, from_depth, to_depth, operator, tokens, flops, ...
                         (absent or empty for a run that never grows)
-  wandb/                optional; read only when metrics.jsonl is missing or empty (see below)
+
+--wandb ENTITY/PROJECT reads every run of the project (--group: only that wandb group) through
+wandb's public API (`wandb.Api().runs`, then `Run.scan_history` for each key we log: the HF
+Trainer's `train/loss`, `eval/loss`, `train/global_step` and our `train/compute/flops`,
+`train/compute/tokens`, `train/growth/depth`; wall time is wandb's `_runtime`; growth events are
+the `growth/event_step` / `growth/from_depth` / `growth/to_depth` rows growth/reporting.py logs).
+Label, seed and baseline come from the recipe in the run config (growth/reporting.py puts it
+there), else the run's group. Records without flops/tokens/wall time take them from records of the
+same step, or interpolate them in step.
 
 Written into --out:
   loss_vs_flops.{png,svg}, loss_vs_tokens.{png,svg}, loss_vs_wall_time.{png,svg}
@@ -43,13 +54,6 @@ Definitions (also written into report.md):
 
 Resumed runs: when a step appears again in metrics.jsonl (or the wandb history), the later copy
 replaces every earlier record of the same kind (train/eval) from that step on.
-
-wandb: offline runs `RUN_DIR/wandb/*run-*/run-*.wandb` are parsed directly (the leveldb-log framing
-wandb uses, holding `wandb_internal_pb2.Record` protobufs; checked against wandb 0.31), older
-`files/wandb-history.jsonl` files too. History keys are mapped by WANDB_KEYS: the HF Trainer's
-`train/loss`, `eval/loss`, `train/global_step`, ... and our `compute/flops`, `compute/tokens`,
-`growth/depth`; records without flops/tokens/wall time (e.g. eval logs) take them from records
-of the same step, or interpolate them in step.
 """
 
 from __future__ import annotations
@@ -58,10 +62,8 @@ import argparse
 import csv
 import json
 import math
-import struct
 import sys
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +90,7 @@ X_KEYS = {"flops": "training FLOPs", "tokens": "training tokens", "wall_time": "
 
 @dataclass
 class Run:
-    path: Path
+    path: Path | str  # the run directory, or "wandb run ENTITY/PROJECT/ID"
     name: str
     label: str
     seed: int | None
@@ -136,130 +138,60 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-_WANDB_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-_BLOCK = 32768
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def read_wandb_records(path: Path) -> list[bytes]:
-    """Raw protobuf records of a wandb `.wandb` file.
-
-    The file is a 7-byte header (":W&B", magic 0xBEE1, version 0) followed by LevelDB-log framing:
-    32 KiB blocks of chunks, each a 7-byte header (crc32 of type byte + data, length, type) and
-    data; a record too long for a block is split into FIRST/MIDDLE/LAST chunks, and a block tail
-    shorter than a chunk header is zero padding. A truncated or corrupt tail (a killed run) ends
-    the read with a warning.
-    """
-    data = path.read_bytes()
-    if data[:7] != _WANDB_HEADER:
-        raise ValueError(f"{path}: not a wandb run file (header {data[:7]!r})")
-    pos, records, parts = 7, [], None
-    while pos < len(data):
-        left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < 7:
-            pos += left_in_block
-            continue
-        if pos + 7 > len(data):
-            warnings.warn(f"{path}: truncated chunk header at byte {pos}; stopping")
-            break
-        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        if kind == 0 and length == 0:  # zero padding at the end of a block
-            pos += left_in_block
-            continue
-        if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != crc:
-            warnings.warn(f"{path}: truncated or corrupt chunk at byte {pos}; stopping")
-            break
-        pos += 7 + length
-        if kind == _FULL:
-            records.append(chunk)
-        elif kind == _FIRST:
-            parts = [chunk]
-        elif kind == _MIDDLE and parts is not None:
-            parts.append(chunk)
-        elif kind == _LAST and parts is not None:
-            records.append(b"".join(parts + [chunk]))
-            parts = None
-        else:
-            warnings.warn(f"{path}: unexpected chunk type {kind} at byte {pos}; stopping")
-            break
-    return records
-
-
-def read_wandb_history(path: Path) -> list[dict]:
-    """History rows ({flat key: value}) of a wandb `.wandb` file, in logging order."""
-    from wandb.proto import wandb_internal_pb2
-
-    rows = []
-    for raw in read_wandb_records(path):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") != "history":
-            continue
-        row = {}
-        for item in rec.history.item:
-            key = "/".join(item.nested_key) if item.nested_key else item.key
-            try:
-                row[key] = json.loads(item.value_json)
-            except json.JSONDecodeError:
-                continue
-        rows.append(row)
-    return rows
-
-
-# Our metric name -> wandb history keys to take it from, first present wins. The HF WandbCallback
-# renames "eval_x" to "eval/x" and any other key k to "train/k" (so our "compute/flops" arrives as
-# "train/compute/flops"). "_step" is wandb's row counter, not the optimizer step: not a "step" source.
+# wandb history key -> our record field. The HF WandbCallback logs "eval_x" as "eval/x" and every
+# other key k as "train/k" (so our "compute/flops" arrives as "train/compute/flops"); "_runtime" is
+# wandb's seconds since the run started. "_step" is wandb's row counter, not the optimizer step.
+WANDB_STEP = "train/global_step"
 WANDB_KEYS = {
-    "step": ("train/global_step", "global_step", "step"),
-    "loss": ("train/loss", "loss"),
-    "eval_loss": ("eval/loss", "eval_loss"),
-    "flops": ("train/compute/flops", "compute/flops", "flops"),
-    "tokens": ("train/compute/tokens", "compute/tokens", "tokens"),
-    "wall_time": ("train/compute/wall_time", "compute/wall_time", "wall_time", "_runtime"),
-    "depth": ("train/growth/depth", "growth/depth", "depth"),
-    "params": ("train/growth/params", "growth/params", "params"),
-    "learning_rate": ("train/learning_rate", "learning_rate"),
-    "grad_norm": ("train/grad_norm", "grad_norm"),
-    "epoch": ("train/epoch", "epoch"),
+    "loss": "train/loss",
+    "eval_loss": "eval/loss",
+    "flops": "train/compute/flops",
+    "tokens": "train/compute/tokens",
+    "wall_time": "_runtime",
+    "depth": "train/growth/depth",
+    "params": "train/growth/params",
 }
+# Growth events, as growth/reporting.py logs them (one row per event; operator and init are in
+# the run summary's "growth/events").
+WANDB_EVENT_KEYS = {"step": "growth/event_step", "from_depth": "growth/from_depth", "to_depth": "growth/to_depth"}
 
 
-def wandb_rows_to_records(rows: list[dict]) -> list[dict]:
-    out = []
-    for row in rows:
-        rec = {}
-        for ours, theirs in WANDB_KEYS.items():
-            for key in theirs:
-                if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool):
-                    rec[ours] = row[key]
-                    break
-        if "step" in rec and ("loss" in rec or "eval_loss" in rec or "flops" in rec):
-            rec["step"] = int(rec["step"])
-            out.append(rec)
-    return out
+def run_from_wandb(run) -> Run:
+    """A Run from a `wandb.apis.public.Run`: its history, scanned one logged key at a time
+    (`scan_history(keys=...)` returns only the rows that hold every key asked for, and an eval row
+    does not hold the training loss) and put back together by wandb's row index `_step`; its
+    label / seed / baseline from the recipe that growth/reporting.py puts into the run config
+    (else the run's group, name and the Trainer's "seed")."""
+    where = f"wandb run {'/'.join(getattr(run, 'path', None) or [run.id])}"
+    rows: dict[int, dict] = {}  # wandb's row index "_step" -> our record: the logged rows, rebuilt
+    for ours, key in WANDB_KEYS.items():
+        for row in run.scan_history(keys=["_step", WANDB_STEP, key]):
+            if isinstance(row.get(key), (int, float)) and not isinstance(row[key], bool):
+                rows.setdefault(row["_step"], {"step": int(row[WANDB_STEP])})[ours] = row[key]
+    records = [rows[i] for i in sorted(rows)]
+    event_rows = run.scan_history(keys=list(WANDB_EVENT_KEYS.values()))
+    events = [{ours: int(row[key]) for ours, key in WANDB_EVENT_KEYS.items()} for row in event_rows]
+    summary_events = {e.get("step"): e for e in (run.summary.get("growth/events") or []) if isinstance(e, dict)}
+    events = [{**summary_events.get(e["step"], {}), **e} for e in events]
+    recipe = run.config.get("recipe") or {}
+    label = recipe.get("label") or run.group or run.name
+    seed = recipe.get("seed", run.config.get("seed"))
+    return make_run(where, run.name, label, seed, bool(recipe.get("baseline", False)), records, events, "wandb API")
 
 
-def load_wandb_metrics(run_dir: Path) -> tuple[list[dict], str] | None:
-    """Records from the offline wandb runs under run_dir/wandb (several = resumed), or None."""
-    wdir = run_dir / "wandb"
-    if not wdir.is_dir():
-        return None
-    run_dirs = sorted((d for d in wdir.glob("*run-*") if d.is_dir()), key=lambda d: d.name.split("run-", 1)[1])
-    records, sources = [], []
-    for d in run_dirs:
-        files = sorted(d.glob("run-*.wandb"))
-        hist = d / "files" / "wandb-history.jsonl"
-        if files:
-            for f in files:
-                records += wandb_rows_to_records(read_wandb_history(f))
-                sources.append(str(f.relative_to(run_dir)))
-        elif hist.exists():
-            records += wandb_rows_to_records(read_jsonl(hist))
-            sources.append(str(hist.relative_to(run_dir)))
-    if not sources:
-        return None
-    return records, ", ".join(sources)
+def load_wandb_runs(project: str, group: str | None = None, api=None) -> list[Run]:
+    """The runs of a wandb project "ENTITY/PROJECT" (only those of `group` if given), through the
+    public API (`wandb.Api().runs`, `Run.scan_history`); needs network access and a login."""
+    if project.count("/") != 1 or not all(project.split("/")):
+        raise ValueError(f"--wandb: expected ENTITY/PROJECT, got {project!r}")
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    found = list(api.runs(project, filters={"group": group} if group else None))
+    if not found:
+        raise ValueError(f"--wandb: no runs in {project!r}" + (f" with group {group!r}" if group else ""))
+    return [run_from_wandb(r) for r in found]
 
 
 def drop_superseded(records: list[dict]) -> list[dict]:
@@ -287,43 +219,36 @@ def fill_missing_x(records: list[dict]) -> None:
                 r[key] = by_step.get(r["step"], value_at(steps, vals, r["step"]))
 
 
+def make_run(path, name: str, label: str, seed, baseline: bool, records: list[dict], events: list[dict],
+             source: str) -> Run:
+    """A Run from its records (metrics.jsonl objects, or wandb history rows mapped to our names)."""
+    for i, r in enumerate(records):
+        if not isinstance(r.get("step"), (int, float)):
+            raise ValueError(f"{path} ({source}) record {i}: missing or non-numeric 'step': {r}")
+    fill_missing_x(records)
+    train = drop_superseded([r for r in records if r.get("loss") is not None])
+    evals = drop_superseded([r for r in records if r.get("eval_loss") is not None])
+    return Run(path=path, name=name, label=label, seed=seed, baseline=baseline, train=train, evals=evals,
+               events=drop_superseded(events), records=records, source=source)
+
+
 def load_run(run_dir: str | Path) -> Run:
+    """A run directory written by the training script: run.json, metrics.jsonl, growth_events.jsonl."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.exists():
         raise ValueError(f"{run_dir}: no run.json (is this a run directory?)")
     meta = json.loads(meta_path.read_text())
-    for key in ("label",):
-        if key not in meta:
-            raise ValueError(f"{meta_path}: missing key {key!r}")
+    if "label" not in meta:
+        raise ValueError(f"{meta_path}: missing key 'label'")
     metrics = run_dir / "metrics.jsonl"
     records = read_jsonl(metrics) if metrics.exists() else []
-    source = "metrics.jsonl"
     if not records:
-        found = load_wandb_metrics(run_dir)
-        if found is None:
-            raise ValueError(f"{run_dir}: neither metrics.jsonl nor an offline wandb run with history")
-        records, source = found
-    for i, r in enumerate(records):
-        if not isinstance(r.get("step"), (int, float)):
-            raise ValueError(f"{run_dir} ({source}) record {i}: missing or non-numeric 'step': {r}")
-    fill_missing_x(records)
-    train = drop_superseded([r for r in records if r.get("loss") is not None])
-    evals = drop_superseded([r for r in records if r.get("eval_loss") is not None])
+        raise ValueError(f"{run_dir}: no metrics.jsonl or an empty one (for runs logged to wandb, use --wandb ENTITY/PROJECT)")
     ev_path = run_dir / "growth_events.jsonl"
-    events = drop_superseded(read_jsonl(ev_path)) if ev_path.exists() else []
-    return Run(
-        path=run_dir,
-        name=meta.get("name", run_dir.name),
-        label=meta["label"],
-        seed=meta.get("seed"),
-        baseline=bool(meta.get("baseline", False)),
-        train=train,
-        evals=evals,
-        events=events,
-        records=records,
-        source=source,
-    )
+    events = read_jsonl(ev_path) if ev_path.exists() else []
+    return make_run(run_dir, meta.get("name", run_dir.name), meta["label"], meta.get("seed"),
+                    bool(meta.get("baseline", False)), records, events, "metrics.jsonl")
 
 
 def pick_baseline(runs: list[Run], label: str | None) -> str | None:
@@ -589,15 +514,7 @@ def _fmt_jump(s: Spread) -> str:
 
 
 def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
-    L = ["# Loss versus compute", ""]
-    if a.baseline is None:
-        L += ["No baseline run (no label `baseline`, no run with `\"baseline\": true`, no `--baseline`): matched-loss columns are n/a.", ""]
-    else:
-        L += [
-            f"Baseline label: `{a.baseline}`. Target loss (its final eval loss, mean over {len(a.runs_of(a.baseline))} seed(s)): "
-            f"**{a.target_loss:.4f}**, reached by the baseline at **{a.baseline_flops:.4g}** training FLOPs (mean over seeds).",
-            "",
-        ]
+    L = ["# Loss versus compute", "", md_target(a), ""]
     L += [
         "Definitions:",
         "- *FLOPs to target*: first training FLOPs at which the run's eval loss reaches the target; eval loss is "
@@ -616,11 +533,7 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
         "",
     ]
     fields = list(RESULT_FIELDS)
-    rows = []
-    for label in a.labels:
-        sp = label_spreads(a, label)
-        rows.append([f"`{label}`", len(a.runs_of(label))] + [_fmt_spread(sp[f], f) for f in fields])
-    L += _md_table(["label", "seeds"] + [_HEADERS[f] for f in fields], rows)
+    L += md_label_table(a)
     L += ["", "## Per run", ""]
     rows = []
     for label in a.labels:
@@ -630,7 +543,36 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
             rows.append([f"`{label}`", r.name, r.seed, len(r.evals), r.source] + values)
     L += _md_table(["label", "run", "seed", "evals", "source"] + [_HEADERS[f] for f in fields], rows)
     L += ["", "## Differences between labels", ""]
+    L += md_differences(a)
+    L += ["", "## Loss jumps at growth events", ""]
+    L += md_jumps(a)
+    L += ["", "## Plots", ""]
+    for p in plots:
+        if p.suffix == ".png":
+            L += [f"![{p.stem}]({p.name})", ""]
+    (out_dir / "report.md").write_text("\n".join(L) + "\n")
+
+
+def md_target(a: Analysis) -> str:
+    """One Markdown line: the baseline label and the target loss the matched-loss columns use."""
+    if a.baseline is None:
+        return "No baseline run (no label `baseline`, no run with `\"baseline\": true`, no `--baseline`): matched-loss columns are n/a."
+    return (f"Baseline label: `{a.baseline}`. Target loss (its final eval loss, mean over {len(a.runs_of(a.baseline))} seed(s)): "
+            f"**{a.target_loss:.4f}**, reached by the baseline at **{a.baseline_flops:.4g}** training FLOPs (mean over seeds).")
+
+
+def md_label_table(a: Analysis) -> list[str]:
+    """Markdown lines: the matched-loss table, one row per label (mean ± std [min, max] over seeds)."""
     rows = []
+    for label in a.labels:
+        sp = label_spreads(a, label)
+        rows.append([f"`{label}`", len(a.runs_of(label))] + [_fmt_spread(sp[f], f) for f in RESULT_FIELDS])
+    return _md_table(["label", "seeds"] + [_HEADERS[f] for f in RESULT_FIELDS], rows)
+
+
+def md_differences(a: Analysis) -> list[str]:
+    """Markdown lines: pairwise label differences with the unpaired and paired noise verdicts."""
+    L, rows = [], []
     for row in seed_spread_rows(a):
         k = _KIND[row["field"]]
         paired = row["paired"]
@@ -645,8 +587,12 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
                         "paired verdict"], rows)
     else:
         L += ["Only one label."]
-    L += ["", "## Loss jumps at growth events", ""]
-    rows = []
+    return L
+
+
+def md_jumps(a: Analysis) -> list[str]:
+    """Markdown lines: the loss jump at each growth event, per label (mean ± std over seeds)."""
+    L, rows = [], []
     for label in a.labels:
         runs = [r for r in a.runs_of(label) if r.events]
         if not runs:
@@ -668,32 +614,70 @@ def write_markdown(a: Analysis, out_dir: Path, plots: list[Path]) -> None:
         L += ["", "Per run and event: `growth_jumps.csv`."]
     else:
         L += ["No growth events."]
-    L += ["", "## Plots", ""]
-    for p in plots:
-        if p.suffix == ".png":
-            L += [f"![{p.stem}]({p.name})", ""]
-    (out_dir / "report.md").write_text("\n".join(L) + "\n")
+    return L
 
 
-def compare(run_dirs: list[str | Path], out_dir: str | Path, baseline: str | None = None, ylim: tuple[float, float] | None = None) -> Analysis:
-    """Load the runs, write plots, report.md, report.csv and growth_jumps.csv into out_dir."""
+def compare(runs: list[Run | str | Path], out_dir: str | Path, baseline: str | None = None,
+            ylim: tuple[float, float] | None = None) -> Analysis:
+    """Load the runs (Run objects or run directories), write plots, report.md, report.csv and
+    growth_jumps.csv into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    a = analyze([load_run(d) for d in run_dirs], baseline)
+    a = analyze([r if isinstance(r, Run) else load_run(r) for r in runs], baseline)
     plots = [p for x in X_KEYS for p in plot(a, x, out_dir, ylim)]
     write_csv(a, out_dir)
     write_markdown(a, out_dir, plots)
     return a
 
 
+def write_smoke_runs(root: Path) -> list[Path]:
+    """Synthetic run directories for --smoke: a baseline and a schedule growing at step 10, 2 seeds."""
+    dirs = []
+    for label, grows in (("baseline", False), ("stack", True)):
+        for seed in (0, 1):
+            d = root / f"{label}_s{seed}"
+            d.mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps({"name": d.name, "label": label, "seed": seed, "baseline": not grows}))
+            rows = []
+            for step in range(0, 41):
+                depth = 4 if grows and step > 10 else (2 if grows else 4)
+                flops = 1e6 * (2 * min(step, 10) + 4 * max(step - 10, 0) if grows else 4 * step)
+                x = {"step": step, "depth": depth, "tokens": 64 * step, "flops": flops, "wall_time": 0.1 * step}
+                loss = 4.0 / (1 + 0.05 * step) + 0.05 * seed - (0.1 if grows else 0.0)
+                rows += [{**x, "loss": loss}] + ([{**x, "eval_loss": loss + 0.1}] if step % 5 == 0 else [])
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            events = [{"step": 10, "from_depth": 2, "to_depth": 4, "operator": "stack_last"}] if grows else []
+            (d / "growth_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+            dirs.append(d)
+    return dirs
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directories (with run.json)")
-    p.add_argument("--out", required=True, help="directory for the plots and reports")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="training run directories (with run.json)")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None, help="also read the runs of this wandb project (public API; needs a login)")
+    p.add_argument("--group", default=None, help="with --wandb: only the runs of this wandb group (a schedule label)")
+    p.add_argument("--out", default=None, help="directory for the plots and reports (required unless --smoke)")
     p.add_argument("--baseline", default=None, help='label of the matched-loss target (default: "baseline", else the label of the runs marked baseline)')
     p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y range of the plots (the first evals of a run dwarf the differences at the end)")
+    p.add_argument("--smoke", action="store_true", help="compare synthetic runs written into a temp dir (or --out)")
     args = p.parse_args(argv)
-    a = compare(args.run_dirs, args.out, args.baseline, tuple(args.ylim) if args.ylim else None)
+    if args.smoke:
+        import tempfile
+
+        args.out = args.out or tempfile.mkdtemp(prefix="compare_smoke_")
+        args.run_dirs = write_smoke_runs(Path(args.out) / "runs")
+    if args.out is None:
+        p.error("--out is required")
+    if not args.run_dirs and not args.wandb:
+        p.error("give run directories, --wandb ENTITY/PROJECT, or both")
+    if args.group and not args.wandb:
+        p.error("--group filters the runs of --wandb ENTITY/PROJECT; run directories are chosen by path")
+    try:
+        runs = [load_run(d) for d in args.run_dirs] + (load_wandb_runs(args.wandb, args.group) if args.wandb else [])
+        a = compare(runs, args.out, args.baseline, tuple(args.ylim) if args.ylim else None)
+    except ValueError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"{len(a.runs)} runs, {len(a.labels)} labels, baseline {a.baseline!r}: wrote {Path(args.out) / 'report.md'}")
 
 

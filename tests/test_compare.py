@@ -1,5 +1,6 @@
-"""eval/report.py arithmetic on hand-made curves, and eval/compare.py end to end on synthetic run
-directories (metrics.jsonl and a real offline wandb run)."""
+"""eval/report.py arithmetic on hand-made curves, and eval/compare.py end to end: synthetic run
+directories, a real growing Trainer run, and the wandb public-API path through a stub of the two
+calls it makes (`Api().runs`, `Run.scan_history`)."""
 
 import csv
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.compare import compare, drop_superseded, load_run, read_wandb_records, seed_spread_rows
+from eval.compare import compare, drop_superseded, load_run, load_wandb_runs, seed_spread_rows
 from eval.report import exceeds_paired_noise, exceeds_seed_spread, paired_difference, first_reach, loss_jump, mean_curve, pooled_std, run_result, spread, value_at
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,70 +254,99 @@ def test_resumed_and_truncated_metrics(tmp_path):
         load_run(d)
 
 
-WANDB_SCRIPT = r"""
-import sys, wandb
-run = wandb.init(project="p", dir=sys.argv[1], mode="offline", config={"a": 1})
-run.log({f"junk/{i}": float(i) for i in range(4000)})  # one record > 32 KiB: split across blocks
-for step in range(1, 21):
-    # Key names as the HF WandbCallback writes our logs ("compute/flops" -> "train/compute/flops").
-    run.log({"train/loss": 3 - 0.01 * step, "train/global_step": step, "train/compute/flops": 10.0 * step,
-             "train/compute/tokens": 4 * step, "train/growth/depth": 2})
-    if step % 5 == 0:
-        run.log({"eval/loss": 4 - 0.1 * step, "train/global_step": step})
-run.finish()
-"""
+class StubWandbRun:
+    """What eval/compare.py uses of `wandb.apis.public.Run`: name, id, path, group, config, summary
+    and `scan_history(keys=...)`, which (as wandb's does) yields only the rows that hold every key
+    asked for, each with just those keys."""
+
+    def __init__(self, name, group, config, rows, summary=None):
+        self.name, self.id, self.group, self.config = name, name + "-id", group, config
+        self.path = ["team", "proj", self.id]
+        self.summary = summary or {}
+        self.rows = [{**row, "_step": i} for i, row in enumerate(rows)]
+        self.scanned = []
+
+    def scan_history(self, keys=None, page_size=1000, min_step=None, max_step=None):
+        self.scanned.append(tuple(keys))
+        return iter([{k: row[k] for k in keys} for row in self.rows if all(k in row for k in keys)])
 
 
-def wait_for_wandb_file(root: Path, timeout: float = 300.0) -> Path:
-    """The offline run file under root/wandb once it holds the run's exit record: wandb.finish()
-    returns before wandb-core has flushed the file."""
-    from wandb.proto import wandb_internal_pb2
+class StubApi:
+    def __init__(self, runs):
+        self._runs, self.calls = runs, []
 
-    deadline = time.time() + timeout
-    while True:
-        for f in root.glob("wandb/offline-run-*/run-*.wandb"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a half-written tail is expected here
-                raws = read_wandb_records(f)
-            for raw in raws:
-                rec = wandb_internal_pb2.Record()
-                rec.ParseFromString(raw)
-                if rec.WhichOneof("record_type") == "exit":
-                    return f
-        assert time.time() < deadline, f"no complete wandb run file under {root} after {timeout} s"
-        time.sleep(0.2)
+    def runs(self, path, filters=None, order="+created_at", per_page=50, include_sweeps=True):
+        self.calls.append((path, filters))
+        group = (filters or {}).get("group")
+        return [r for r in self._runs if group is None or r.group == group]
 
 
-def test_reads_offline_wandb_run(tmp_path):
-    d = write_run(tmp_path, "stack", 0, [5, 4, 3, 2.5], metrics=False)
-    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
-    subprocess.run([sys.executable, "-c", WANDB_SCRIPT, str(d)], check=True, env=env, timeout=120)
-    f = wait_for_wandb_file(d)
-    assert f.stat().st_size > 3 * 32768
-    assert len(read_wandb_records(f)) > 40
-
-    run = load_run(d)
-    assert run.source.startswith("wandb/offline-run-")
-    assert [(r["step"], r["loss"], r["flops"], r["tokens"]) for r in run.train] == [(s, 3 - 0.01 * s, 10.0 * s, 4 * s) for s in range(1, 21)]
-    # Eval logs carry no FLOPs of their own: they take the training log's of the same step.
-    assert [(r["step"], r["eval_loss"], r["flops"]) for r in run.evals] == [(s, 4 - 0.1 * s, 10.0 * s) for s in (5, 10, 15, 20)]
-    assert all(r["wall_time"] is not None and r["wall_time"] >= 0 for r in run.evals)
-    a = compare([d], tmp_path / "out")
-    assert a.results[id(a.runs[0])].final_eval_loss == pytest.approx(2.0)
+def wandb_rows(run_dir: Path) -> list[dict]:
+    """The history rows the HF WandbCallback + growth/reporting.py log for a synthetic run of
+    write_run: "eval_x" -> "eval/x", any other key k -> "train/k", growth events as their own rows."""
+    rows = []
+    for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        # GrowingTrainerMixin.log adds compute/* and growth/* to every log, training and eval.
+        row = {"train/global_step": rec["step"], "_runtime": rec["wall_time"], "train/compute/flops": rec["flops"],
+               "train/compute/tokens": rec["tokens"], "train/growth/depth": rec["depth"]}
+        row.update({"train/loss": rec["loss"]} if "loss" in rec else {"eval/loss": rec["eval_loss"]})
+        rows.append(row)
+    for ev in map(json.loads, (run_dir / "growth_events.jsonl").read_text().splitlines()):
+        rows.append({"growth/event_step": ev["step"], "growth/from_depth": ev["from_depth"], "growth/to_depth": ev["to_depth"],
+                     "growth/seconds": ev["seconds"], "train/global_step": ev["step"], "train/compute/flops": ev["flops"]})
+    return rows
 
 
-def test_truncated_wandb_file_reads_complete_records(tmp_path):
-    d = tmp_path / "w"
-    d.mkdir()
-    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
-    subprocess.run([sys.executable, "-c", WANDB_SCRIPT, str(d)], check=True, env=env, timeout=120)
-    f = wait_for_wandb_file(d)
-    full = read_wandb_records(f)
-    cut = tmp_path / "cut.wandb"
-    cut.write_bytes(f.read_bytes()[: f.stat().st_size - 10])
-    with pytest.warns(UserWarning, match="truncated or corrupt chunk"):
-        part = read_wandb_records(cut)
-    assert part == full[: len(part)] and len(part) == len(full) - 1
+def test_wandb_api_path_gives_the_numbers_of_the_run_directories(runs, tmp_path):
+    _, dirs = runs
+    stubs = []
+    for d in dirs:
+        meta = json.loads((d / "run.json").read_text())
+        events = [json.loads(x) for x in (d / "growth_events.jsonl").read_text().splitlines()]
+        recipe = {k: meta[k] for k in ("name", "label", "seed", "baseline")}
+        # The group is the label (attach_reporting sets WANDB_RUN_GROUP); the recipe wins over it.
+        stubs.append(StubWandbRun(d.name, meta["label"], {"recipe": recipe, "seed": meta["seed"]}, wandb_rows(d),
+                                  {"growth/events": [{k: e[k] for k in ("step", "operator", "init")} for e in events]}))
+    api = StubApi(stubs)
+    from_api = load_wandb_runs("team/proj", api=api)
+    assert api.calls == [("team/proj", None)]
+    from_dirs = [load_run(d) for d in dirs]
+    for a, b in zip(from_dirs, from_api):
+        assert (b.label, b.seed, b.baseline, b.source) == (a.label, a.seed, a.baseline, "wandb API")
+        assert b.path == f"wandb run team/proj/{a.path.name}-id" and b.name == a.path.name
+        keys = ("step", "loss", "flops", "tokens", "depth")
+        assert [tuple(r[k] for k in keys) for r in b.train] == [tuple(r[k] for k in keys) for r in a.train]
+        assert [(r["step"], r["eval_loss"], r["flops"], r["wall_time"]) for r in b.evals] == \
+               [(r["step"], r["eval_loss"], r["flops"], r["wall_time"]) for r in a.evals]
+        assert [(e["step"], e["from_depth"], e["to_depth"], e.get("operator")) for e in b.events] == \
+               [(e["step"], e["from_depth"], e["to_depth"], e["operator"]) for e in a.events]
+    # Each key is scanned on its own: scan_history drops rows that lack any key asked for.
+    assert ("_step", "train/global_step", "eval/loss") in stubs[0].scanned
+    assert ("_step", "train/global_step", "train/loss") in stubs[0].scanned
+    ra, rb = compare(from_dirs, tmp_path / "dirs"), compare(from_api, tmp_path / "api")
+    assert rb.labels == ra.labels and (rb.target_loss, rb.baseline_flops) == (ra.target_loss, ra.baseline_flops)
+    for x, y in zip(ra.runs, rb.runs):
+        assert rb.results[id(y)] == ra.results[id(x)] and rb.jumps[id(y)] == ra.jumps[id(x)]
+    assert (tmp_path / "api" / "report.md").read_text().count("wandb API") == len(dirs)
+
+    # --group filters on the server side; a project without runs is a clear error.
+    api = StubApi(stubs)
+    assert {r.label for r in load_wandb_runs("team/proj", group="stack", api=api)} == {"stack"}
+    assert api.calls == [("team/proj", {"group": "stack"})]
+    with pytest.raises(ValueError, match="no runs in 'team/proj' with group 'nope'"):
+        load_wandb_runs("team/proj", group="nope", api=StubApi(stubs))
+    with pytest.raises(ValueError, match="expected ENTITY/PROJECT, got 'proj'"):
+        load_wandb_runs("proj", api=StubApi(stubs))
+    # Without a recipe in the config: label from the group, seed from the Trainer's "seed".
+    bare = StubWandbRun("r", "grp", {"seed": 3}, wandb_rows(dirs[2]))
+    (run,) = load_wandb_runs("team/proj", api=StubApi([bare]))
+    assert (run.label, run.seed, run.baseline, len(run.evals)) == ("grp", 3, False, 6)
+
+
+def test_run_dir_without_metrics_is_a_clear_error(tmp_path):
+    d = write_run(tmp_path, "stack", 0, [5, 4, 3], metrics=False)
+    with pytest.raises(ValueError, match="no metrics.jsonl or an empty one .*--wandb ENTITY/PROJECT"):
+        load_run(d)
 
 
 def test_cli_as_script(runs, tmp_path):
@@ -332,20 +362,30 @@ def test_cli_as_script(runs, tmp_path):
 
 @pytest.mark.slow
 def test_reads_what_the_trainer_writes(tmp_path, monkeypatch):
-    """A real growing Trainer run (growth/trainer.py) logging to metrics.jsonl and offline wandb:
-    both sources give the same curves, and compare() runs on it."""
+    """A real growing Trainer run (growth/trainer.py + growth/reporting.py) logging to metrics.jsonl
+    and offline wandb: the rows it logs to wandb, served through the API stub, give the same
+    curves and events as metrics.jsonl, and compare() runs on it."""
     import datasets
     import torch
     import transformers
     import wandb
 
     from conftest import tiny_model
+    from growth.reporting import attach_reporting
     from growth.trainer import enable_growth
 
     out = tmp_path / "stack_s0"
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(out))
+    for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(out), "WANDB_RUN_GROUP": "stack",
+                 "WANDB_TAGS": "stack"}.items():
+        monkeypatch.setenv(k, v)
+    logged, t0 = [], time.time()
+    real_log = wandb.Run.log
+
+    def recording_log(self, data, *args, **kwargs):  # what wandb stores as one history row
+        logged.append({**data, "_runtime": time.time() - t0})
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "log", recording_log)
     g = torch.Generator().manual_seed(0)
     ids = ((torch.randint(2, 60, (32, 1), generator=g) + torch.arange(16)) % 95 + 2).tolist()
     ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
@@ -354,26 +394,30 @@ def test_reads_what_the_trainer_writes(tmp_path, monkeypatch):
         use_cpu=True, disable_tqdm=True, seed=0, eval_strategy="steps", eval_steps=2, save_strategy="no")
     trainer = transformers.Trainer(model=tiny_model("llama", layers=2).train(), args=args, train_dataset=ds, eval_dataset=ds.select(range(4)))
     enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[4, 4]]}})
+    recipe = {"name": "stack", "label": "stack", "seed": 0, "baseline": False}
+    attach_reporting(trainer, recipe, "stack")
     trainer.train()
+    config, summary, group = dict(wandb.run.config), {"growth/events": wandb.run.summary["growth/events"]}, wandb.run.group
     wandb.finish()
-    wait_for_wandb_file(out)
-    (out / "run.json").write_text(json.dumps({"name": "stack", "label": "stack", "seed": 0, "baseline": False, "max_steps": 8, "tags": []}))
+    (out / "run.json").write_text(json.dumps({**recipe, "max_steps": 8, "tags": []}))
 
     from_jsonl = load_run(out)
-    (out / "metrics.jsonl").rename(out / "metrics.jsonl.bak")
-    from_wandb = load_run(out)
-    assert from_wandb.source.startswith("wandb/")
+    (from_wandb,) = load_wandb_runs("team/proj", api=StubApi([StubWandbRun("stack_s0", group, config, logged, summary)]))
+    assert (from_wandb.label, from_wandb.seed, from_wandb.source) == ("stack", 0, "wandb API")
     keys = ("step", "flops", "tokens", "depth", "loss", "eval_loss")
     for kind in ("train", "evals"):
         a = [tuple(r.get(k) for k in keys) for r in getattr(from_jsonl, kind)]
         b = [tuple(r.get(k) for k in keys) for r in getattr(from_wandb, kind)]
         assert a == b and len(a) == (8 if kind == "train" else 4)
-    assert [e["step"] for e in from_jsonl.events] == [4]
+    assert [(e["step"], e["from_depth"], e["to_depth"], e["operator"]) for e in from_wandb.events] == \
+           [(e["step"], e["from_depth"], e["to_depth"], e["operator"]) for e in from_jsonl.events] == [(4, 2, 4, "stack_last")]
     a = compare([out], tmp_path / "report")
     (tj, ej), = a.jumps[id(a.runs[0])]
     # Training loss logged at step 4 is the 2-layer model's; the eval at step 4 runs on the 4-layer one.
     assert (tj.before_step, tj.after_step, ej.before_step, ej.after_step) == (4, 5, 2, 4)
     assert [r["depth"] for r in from_jsonl.evals] == [2, 4, 4, 4]
+    b = compare([from_wandb], tmp_path / "report_api")
+    assert b.jumps[id(b.runs[0])] == a.jumps[id(a.runs[0])]
 
 
 def test_paired_difference_by_seed():
