@@ -277,6 +277,10 @@ def enable_growth(trainer: Trainer, growth: GrowthConfig | dict, *, seq_len: int
         raise ValueError(f"enable_growth needs a transformers.Trainer, got {type(trainer).__name__}")
     config = growth if isinstance(growth, GrowthConfig) else GrowthConfig(**growth)
     depth = current_depth(trainer.model)  # also rejects unsupported families, before any compute
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        from .deepspeed import check_growth_config
+
+        check_growth_config(config)  # what ZeRO cannot do as the other backends do ("fresh" state)
     if config.schedule is not None and config.schedule.initial_depth != depth:
         raise ValueError(f"growth.schedule.initial_depth is {config.schedule.initial_depth} but the model has {depth} layers")
     if not isinstance(trainer, GrowingTrainerMixin):

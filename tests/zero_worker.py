@@ -1,5 +1,6 @@
 """Growth under ZeRO 1/2/3 with each copy method, in one multi-process launch:
-`torchrun --nproc_per_node 2 tests/zero_worker.py OUT CASE [CASE ...]`, CASE = stage:init:state:method[:bf16].
+`torchrun --nproc_per_node 2 tests/zero_worker.py OUT CASE [CASE ...]`, CASE = stage:init:state:method[:bf16]
+(stage 1, 2, 3, or "ddp"; run in this order, DDP ones last). Also runs single-process (`python ...`, stage "single").
 
 Per case, each rank trains a tiny llama 3 steps, grows 2 -> 4 (stack_last) with GROWTH_DISTRIBUTED_COPY=method,
 counts the growth event's bytes by phase (growth.comm), saves its own ZeRO state right after the
@@ -25,7 +26,8 @@ from growth.trainer import enable_growth  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 out, cases = sys.argv[1], sys.argv[2:]
 cpu_distributed_shim(deepspeed=True)
-rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+distributed = torch.distributed.is_initialized()
+rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
 torch.set_num_threads(1)
 
 g = torch.Generator().manual_seed(0)
@@ -55,26 +57,44 @@ def local_state(engine) -> dict:
     return state
 
 
+def optimizer_steps(trainer) -> dict:
+    """Adam's step per parameter name (torch optimizers: single process, DDP)."""
+    opt = trainer.optimizer
+    opt = getattr(opt, "optimizer", opt)
+    return {n: float(opt.state[p]["step"]) if p in opt.state else None for n, p in trainer.model.named_parameters()}
+
+
 def run(case: str) -> None:
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     stage, init, policy, method, *rest = case.split(":")
     bf16 = "bf16" in rest
+    zero = stage not in ("ddp", "single")
     os.environ["GROWTH_DISTRIBUTED_COPY"] = method
-    AcceleratorState._reset_state(reset_partial_state=False)  # a new DeepSpeed Accelerator per case
+    if distributed:
+        AcceleratorState._reset_state(reset_partial_state=False)  # a new Accelerator per case
+        if not zero:  # DDP from here on: forget the DeepSpeed marks left by the previous cases
+            PartialState().distributed_type = DistributedType.MULTI_CPU
+            os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     unset_hf_deepspeed_config()  # the initial model is built plain, as in every case
     model = tiny_model("llama", layers=2).train()
     args = transformers.TrainingArguments(
         os.path.join(out, case.replace(":", "_")), max_steps=5, per_device_train_batch_size=8 // world,
         learning_rate=3e-3, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
         lr_scheduler_type="linear", warmup_steps=2, save_strategy="no", max_grad_norm=1.0, bf16=bf16,
-        deepspeed=os.path.join(ROOT, "recipes", "accelerate", f"ds_zero{stage}.json"),
-        accelerator_config={"use_configured_state": True}, dataloader_drop_last=True)
+        deepspeed=os.path.join(ROOT, "recipes", "accelerate", f"ds_zero{stage}.json") if zero else None,
+        accelerator_config={"use_configured_state": True} if distributed else None, dataloader_drop_last=True)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
-    enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 4]]},
-                            "init": init, "beta": 0.5, "optimizer_state": policy}, run_log=False)
     result = {}
+    try:
+        enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 4]]},
+                                "init": init, "beta": 0.5, "optimizer_state": policy}, run_log=False)
+    except ValueError as e:  # rejected before any step
+        result["error"] = str(e)
+        torch.save(result, os.path.join(out, f"{case}.rank{rank}.pt"))
+        return
     grow_now = trainer.grow_now
 
     def counted(depth):
@@ -82,23 +102,27 @@ def run(case: str) -> None:
             event = grow_now(depth)
         result["bytes"] = c.by_phase()
         result["records"] = [r for r in c.records if r["sent"] or r["received"]]
-        result["state"] = local_state(trainer.model_wrapped)
+        result["state"] = local_state(trainer.model_wrapped) if zero else optimizer_steps(trainer)
         return event
 
     trainer.grow_now = counted
     trainer.train()
     result["loss"] = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
     result["depth"] = trainer.model.config.num_hidden_layers
+    if not zero:
+        result["steps_at_end"] = optimizer_steps(trainer)
     result["fp32_bytes"] = 4 * sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainer.model.parameters())
     torch.save(result, os.path.join(out, f"{case}.rank{rank}.pt"))
     engine = trainer.model_wrapped
     trainer.accelerator.free_memory()
-    engine.destroy()
+    if zero:
+        engine.destroy()
     del trainer, model, engine
     gc.collect()
 
 
 for case in cases:
     run(case)
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+if distributed:
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
