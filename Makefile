@@ -12,11 +12,12 @@ STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup quickstart test
+.PHONY: help setup quickstart test bench
 
 help:
 	@echo "make quickstart   set up .venv and train recipes/tiny.yaml into runs/tiny (CPU, a few minutes)"
 	@echo "make test         set up .venv and run the test suite"
+	@echo "make bench        run every benchmark; writes docs/benchmarks.md and docs/benchmarks.json"
 
 setup: $(STAMP)
 
@@ -38,3 +39,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Every scripts/bench_*.py, one after another (tens of minutes on 2 cores); see docs/benchmarks.md.
+bench: $(STAMP)
+	$(PY) scripts/bench.py
