@@ -38,6 +38,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -347,14 +348,13 @@ class Study:
 
     # -- the plan, as a function of the results so far ------------------------------------------
     def cells(self) -> list[tuple[Arm, float, int]]:
-        """(arm, budget, priority): budgets smallest first, then the inits at the largest budget."""
-        cells = [(a, b, i) for i, b in enumerate(self.cfg.budgets) for a in self.cfg.arms()]
+        """(arm, budget, group): the main arms at every budget (group 0), then the inits at the largest (group 1)."""
         top = max(self.cfg.budgets)
-        return cells + [(a, top, len(self.cfg.budgets)) for a in self.cfg.init_arms()]
+        return [(a, b, 0) for b in self.cfg.budgets for a in self.cfg.arms()] + [(a, top, 1) for a in self.cfg.init_arms()]
 
     def loss(self, job: Job) -> float | None:
         info = self.results.get(job.name)
-        if info is None:
+        if info is None or info.get("max_steps") != job.steps:  # another budget's run in this dir: not this job
             return None
         v = info.get("final_eval_loss")
         return math.nan if v is None else v
@@ -375,15 +375,17 @@ class Study:
         return losses, [], True
 
     def ready_jobs(self) -> list[tuple[tuple, Job]]:
+        # Order, so that an interrupted study has the most to show: budget by budget (smallest first), every
+        # main arm's LR sweep, then its seeds (complete cells: statistics, not single runs); the inits last.
         ready = []
-        for arm, budget, prio in self.cells():
+        for arm, budget, group in self.cells():
             steps = self.steps(arm, budget)
             losses, todo, final = self.sweep_state(arm, budget)
-            ready += [((prio, 0), Job(arm.label, budget, lr, 0, steps)) for lr in todo]
+            ready += [((group, budget, 0), Job(arm.label, budget, lr, 0, steps)) for lr in todo]
             best, _ = pick_lr(losses)
             if final and best is not None:
-                ready += [((prio, 1), Job(arm.label, budget, best, s, steps)) for s in range(1, self.cfg.seeds)]
-        return [(p, j) for p, j in ready if j.name not in self.results and j.name not in self.failed]
+                ready += [((group, budget, 1), Job(arm.label, budget, best, s, steps)) for s in range(1, self.cfg.seeds)]
+        return [(p, j) for p, j in ready if self.loss(j) is None and j.name not in self.failed]
 
     def job_overrides(self, job: Job) -> list[str]:
         arm = self.cfg.arm(job.arm)
@@ -440,6 +442,10 @@ class Study:
                 if time.time() - last_report > report_every:
                     self.report(time.time() - start)
                     last_report = time.time()
+        except BaseException:  # killed or interrupted: stop the runs in flight too (they rerun on resume)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # stdlib-private, hence getattr
+                proc.terminate()
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -674,6 +680,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out or "runs/study").resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID` stops the workers as well
     study = Study(out, cfg)
     study.prepare()
     if a.report_only:
