@@ -21,12 +21,23 @@ DDP bucket building, ZeRO-3's prefetch trace). Timings are rank 0's; collectives
 step. From 2 repeats on, the spread between the medians of repeated phases of the same kind is
 printed as the noise: a shortfall smaller than it is reported as UNRESOLVED rather than FAIL.
 
-The exit code is 0 whatever the result (it is a benchmark).
+* bytes: what one growth event sends and receives per rank (``growth.comm.count_bytes`` around
+  ``grow_now``, split into the engine rebuild and the state copy), for each ``--copy`` method of
+  ``growth/deepspeed.py``: ``local`` (slice-local copies; the default) and ``gather`` (the old
+  ``safe_get_full_*`` / ``safe_set_full_*`` path); target under ZeRO-3: 0 bytes for the block
+  copies; ZeRO-1/2: at most about the rank's new partition (master + moments), not the full model.
+* memory (``--rss``): three growth events under the backend, then the process RSS against a fresh
+  engine of the final depth started in its own processes; target within 5%.
+
+The exit code is 0 whatever the result (it is a benchmark). ``--json PATH`` writes the results in
+the scripts/bench.py convention; ``--smoke`` runs tiny sizes under ZeRO-3 (checks the script works).
 
 Example (llama hidden 128, depth 2 -> 4 after step 3, seq 64, global batch 8, 1 torch thread per
 process; about 3 minutes on 2 idle cores, more when the machine is shared):
     python scripts/bench_distributed.py --backends single,ddp,zero1,zero2,zero3 --steps 12 --out bench_distributed.json
     python scripts/bench_distributed.py --backends zero3 --steps 20 --repeats 4
+    python scripts/bench_distributed.py --backends zero1,zero2,zero3 --num-processes 4 --copy gather,local --repeats 1
+    python scripts/bench_distributed.py --backends zero1,zero2,zero3 --rss --hidden 512 --vocab 4096
 """
 
 from __future__ import annotations
@@ -61,27 +72,49 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="global batch (sequences per optimizer step)")
-    p.add_argument("--num-processes", type=int, default=2, help="processes for ddp / zero*")
+    p.add_argument("--num-processes", default="2", help="processes for ddp / zero*; a list (2,4) runs each")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (1: steadier timings on a shared CPU; ignored with a GPU)")
-    p.add_argument("--out", help="write the numbers as JSON here")
+    p.add_argument("--copy", default="local,gather",
+                   help="ZeRO copy methods whose bytes per growth event are counted (growth/deepspeed.py: local, gather); "
+                        "the timed phases use the first")
+    p.add_argument("--rss", action="store_true",
+                   help="also: 3 growth events, then RSS against a fresh engine of the final depth (separate launches)")
+    p.add_argument("--out", help="write the numbers as JSON here (all details)")
+    p.add_argument("--json", metavar="PATH", help="write the results in the scripts/bench.py convention")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, ZeRO-3 only, one repeat: checks the script works")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # backend name: run the phases in this process
     p.add_argument("--result-dir", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="throughput", help=argparse.SUPPRESS)  # worker: throughput | rss-grown | rss-fresh
     args = p.parse_args(argv)
+    if args.smoke and not args.worker:
+        args.backends, args.steps, args.warmup, args.repeats, args.hidden, args.vocab = "zero3", 3, 1, 1, 32, 128
+        args.num_processes, args.rss = "2", False
+        args.seq_len, args.copy = 16, "local,gather"
+    copies = [c for c in args.copy.split(",") if c]
+    for c in copies:
+        if c not in ("local", "gather"):
+            raise ValueError(f"--copy: unknown method {c!r}; choose from local, gather")
+    args.copy = copies or ["local"]
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     args.backends = backends
-    for name in ("steps", "grow_at", "repeats", "hidden", "heads", "layers", "vocab", "seq_len", "batch", "num_processes", "threads"):
+    args.procs = [int(n) for n in str(args.num_processes).split(",") if n]
+    args.num_processes = args.procs[0]
+    if min(args.procs, default=0) < 1:
+        raise ValueError(f"--num-processes must be positive, got {args.procs}")
+    for name in ("steps", "grow_at", "repeats", "hidden", "heads", "layers", "vocab", "seq_len", "batch", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.target <= args.layers:
         raise ValueError(f"--target {args.target} must be larger than --layers {args.layers}")
     if not 0 <= args.warmup < args.steps:
         raise ValueError(f"--warmup {args.warmup} must be in [0, --steps {args.steps})")
-    if args.batch % args.num_processes:
-        raise ValueError(f"--batch {args.batch} is not divisible by --num-processes {args.num_processes}")
+    for n in args.procs:
+        if args.batch % n:
+            raise ValueError(f"--batch {args.batch} is not divisible by --num-processes {n}")
     return args
 
 
@@ -92,6 +125,7 @@ def worker(args) -> None:
     import torch
     import transformers
 
+    from growth.comm import count_bytes
     from growth.distributed import cpu_distributed_shim
     from growth.models import ModelConfig, build_model
     from growth.trainer import enable_growth
@@ -127,7 +161,20 @@ def worker(args) -> None:
             self.wall[state.global_step] = time.perf_counter() - self.start[0]
             self.cpu[state.global_step] = time.process_time() - self.start[1]
 
-    def run(depth: int, grow: bool, out: str) -> dict:
+    def model_numel(trainer) -> int:
+        return sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
+
+    def partition_numel(trainer) -> int:
+        """Elements of this rank's fp32 master partitions (ZeRO), else of the whole model."""
+        opt = getattr(trainer.model_wrapped, "optimizer", None)
+        if ds_config and opt is not None:
+            from growth.deepspeed import flat_partitions
+
+            return sum(f.numel() for f in flat_partitions(opt))
+        return model_numel(trainer)
+
+    def run(depth: int, grow: bool, out: str, copy: str = "local", points=None, max_steps=None) -> dict:
+        os.environ["GROWTH_DISTRIBUTED_COPY"] = copy  # growth/deepspeed.py's copy method
         if ds_config and not cuda:
             # The CPU shim's state is reused (use_configured_state), and accelerate refuses a second
             # DeepSpeed Accelerator on it: forget the previous phase's, keep the process group.
@@ -135,7 +182,8 @@ def worker(args) -> None:
 
             AcceleratorState._reset_state(reset_partial_state=False)
         targs = transformers.TrainingArguments(
-            out, max_steps=args.grow_at + args.steps if grow else args.steps, per_device_train_batch_size=args.batch // world,
+            out, max_steps=max_steps or (args.grow_at + args.steps if grow else args.steps),
+            per_device_train_batch_size=args.batch // world,
             learning_rate=1e-3, warmup_steps=1, logging_steps=10**6, save_strategy="no", report_to=[], disable_tqdm=True,
             seed=0, use_cpu=not cuda, deepspeed=ds_config, dataloader_drop_last=True,
             accelerator_config={"use_configured_state": True} if ds_config and not cuda else None)
@@ -150,12 +198,25 @@ def worker(args) -> None:
         events = []
         trainer.add_callback(type("EventLog", (transformers.TrainerCallback,), {
             "on_growth": lambda self, a, s, event: events.append(event)})())  # the public growth listener
+        points = points or [[args.grow_at, args.target]]
+        traffic = []
         if grow:
-            enable_growth(trainer, {"schedule": {"initial_depth": depth, "unit": "steps",
-                                                 "points": [[args.grow_at, args.target]]}}, run_log=False)
+            enable_growth(trainer, {"schedule": {"initial_depth": depth, "unit": "steps", "points": points}}, run_log=False)
+            grow_now = trainer.grow_now
+
+            def counted(to_depth):  # bytes this rank sends / receives during the event, by phase
+                before = model_numel(trainer)
+                with count_bytes() as c:
+                    event = grow_now(to_depth)
+                traffic.append({"sent": c.sent, "received": c.received, "phases": c.by_phase(),
+                                "fp32_model_bytes_before": 4 * before, "fp32_model_bytes_after": 4 * model_numel(trainer),
+                                "fp32_partition_bytes_after": 4 * partition_numel(trainer)})
+                return event
+
+            trainer.grow_now = counted
         trainer.train()
-        if grow and (len(events) != 1 or trainer.model.config.num_hidden_layers != args.target):
-            raise RuntimeError(f"{backend}: expected one growth to depth {args.target}, got events {events}")
+        if grow and (len(events) != len(points) or trainer.model.config.num_hidden_layers != points[-1][1]):
+            raise RuntimeError(f"{backend}: expected growth to depth {points[-1][1]}, got events {events}")
         first = args.grow_at + 1 + args.warmup if grow else 1 + args.warmup
         timed = range(first, targs.max_steps + 1)
         result = {
@@ -165,6 +226,7 @@ def worker(args) -> None:
             "step_seconds": [timer.wall[s] for s in timed],
             "step_cpu_seconds": [timer.cpu[s] for s in timed],
             "before_growth_step_seconds": [timer.wall[s] for s in range(2, args.grow_at + 1)] if grow else [],
+            "copy": copy if grow else None, "bytes": traffic,
         }
         engine = trainer.model_wrapped
         trainer.accelerator.free_memory()
@@ -174,14 +236,43 @@ def worker(args) -> None:
         gc.collect()
         return result
 
+    rank = int(os.environ.get("RANK", 0))
+    if args.mode.startswith("rss"):
+        # Three growth events (layers -> ... -> target), then a few steps; or a fresh engine of the
+        # target depth for as many steps after its start. RSS measured at the end, after a collection.
+        import psutil
+
+        final = args.target
+        third = max(1, (final - args.layers) // 3)
+        depths = [min(final, args.layers + third * (i + 1)) for i in range(3)]
+        depths[-1] = final
+        points = [[args.grow_at * (i + 1), d] for i, d in enumerate(depths)]
+        grow = args.mode == "rss-grown"
+        steps_after = args.steps
+        phase = run(args.layers if grow else final, grow, os.path.join(args.result_dir, "rss"), points=points,
+                    max_steps=points[-1][0] + steps_after if grow else steps_after)
+        gc.collect()
+        engines = sum(1 for o in gc.get_objects() if type(o).__name__ == "DeepSpeedEngine")
+        phase.update(rss=psutil.Process().memory_info().rss, engines_alive=engines, depths=depths)
+        with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"backend": backend, "world_size": world, "phases": [{"grow": grow, **phase}]}, f)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        return
+
     phases = []
     for r in range(args.repeats):  # ABBA: grown, fresh, fresh, grown, ...
         order = [True, False] if r % 2 == 0 else [False, True]
         for grow in order:
             t0 = time.perf_counter()
-            phase = run(args.layers if grow else args.target, grow, os.path.join(args.result_dir, f"run{len(phases)}"))
+            phase = run(args.layers if grow else args.target, grow, os.path.join(args.result_dir, f"run{len(phases)}"),
+                        copy=args.copy[0])
             phases.append({"grow": grow, **phase, "phase_seconds": time.perf_counter() - t0})
-    rank = int(os.environ.get("RANK", 0))
+    if ds_config:  # the other copy methods: one grown phase each, for their bytes and event time
+        for copy in args.copy[1:]:
+            phase = run(args.layers, True, os.path.join(args.result_dir, f"run{len(phases)}"), copy=copy)
+            phases.append({"grow": True, "bytes_only": True, **phase})
     with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"backend": backend, "world_size": world, "phases": phases}, f)
     if torch.distributed.is_initialized():
@@ -196,22 +287,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_argv(args, backend: str, result_dir: str) -> list[str]:
+def worker_argv(args, backend: str, result_dir: str, mode: str = "throughput") -> list[str]:
     keep = ["--steps", args.steps, "--grow-at", args.grow_at, "--warmup", args.warmup, "--repeats", args.repeats,
             "--hidden", args.hidden, "--heads", args.heads, "--layers", args.layers, "--target", args.target,
             "--vocab", args.vocab, "--seq-len", args.seq_len, "--batch", args.batch, "--num-processes", args.num_processes,
-            "--threads", args.threads]
+            "--threads", args.threads, "--copy", ",".join(args.copy), "--mode", mode]
     return [os.path.abspath(__file__), "--worker", backend, "--result-dir", result_dir, *map(str, keep)]
 
 
-def launch(args, backend: str) -> dict:
-    """Run the worker for ``backend`` in its own process(es); returns rank 0's result."""
+def launch(args, backend: str, mode: str = "throughput") -> dict:
+    """Run the worker for ``backend`` in its own process(es); returns rank 0's result, with every
+    rank's under ``per_rank``."""
     import torch
 
     # The worker runs as a script from scripts/: put the repo on the path for `growth` (no install needed).
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryDirectory(prefix=f"bench_{backend}_") as result_dir:
-        script = worker_argv(args, backend, result_dir)
+        script = worker_argv(args, backend, result_dir, mode)
+        ranks = 1 if backend == "single" else args.num_processes
         if backend == "single":
             cmd = [sys.executable, *script]
         else:
@@ -222,11 +315,14 @@ def launch(args, backend: str) -> dict:
                 env.setdefault("DS_ACCELERATOR", "cpu")
                 env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions"))
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        path = os.path.join(result_dir, "rank0.json")
-        if proc.returncode != 0 or not os.path.exists(path):
+        paths = [os.path.join(result_dir, f"rank{r}.json") for r in range(ranks)]
+        if proc.returncode != 0 or not all(os.path.exists(p) for p in paths):
             raise RuntimeError(f"{backend} worker failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-        with open(path) as f:
-            return json.load(f)
+        per_rank = []
+        for path in paths:
+            with open(path) as f:
+                per_rank.append(json.load(f))
+        return {**per_rank[0], "per_rank": per_rank}
 
 
 def verdict(ratio: float, noise: float | None) -> str:
@@ -240,7 +336,8 @@ def summarize(result: dict) -> dict:
     """Medians over the pooled steps of all grown / all fresh phases, the two ratios, and the noise:
     the largest relative spread between the medians of two phases of the same kind (grown vs grown,
     fresh vs fresh), i.e. what the same measurement repeated in the same run disagrees by."""
-    phases = result["phases"]
+    all_phases = result["phases"]
+    phases = [p for p in all_phases if not p.get("bytes_only")]
 
     def pooled(key, grow):
         return [s for p in phases if p["grow"] == grow for s in p[key]]
@@ -270,8 +367,56 @@ def summarize(result: dict) -> dict:
         "cpu_throughput_ratio": fresh_cpu / grown_cpu, "cpu_noise": noise_cpu,
         "cpu_verdict": verdict(fresh_cpu / grown_cpu, noise_cpu),
         "timed_steps": {"grown": len(pooled("step_seconds", True)), "fresh": len(pooled("step_seconds", False))},
-        "phases": phases,  # every timed step, in run order
+        "bytes": summarize_bytes(result),
+        "phases": all_phases,  # every timed step, in run order
     }
+
+
+def summarize_bytes(result: dict) -> dict:
+    """Per copy method: the growth event's bytes per rank (the largest over ranks, whole event and
+    by phase), its seconds, and the sizes to judge them by (fp32 model, this rank's new partition)."""
+    out = {}
+    for i, phase in enumerate(result["phases"]):
+        if not phase["grow"] or not phase.get("bytes") or phase["copy"] in out:
+            continue
+        events = [r["phases"][i]["bytes"][0] for r in result["per_rank"]]
+        names = sorted({n for e in events for n in e["phases"]})
+        out[phase["copy"]] = {
+            "received_max": max(e["received"] for e in events), "sent_max": max(e["sent"] for e in events),
+            "by_phase_received_max": {n: max(e["phases"].get(n, {}).get("received", 0) for e in events) for n in names},
+            "by_phase_sent_max": {n: max(e["phases"].get(n, {}).get("sent", 0) for e in events) for n in names},
+            "fp32_model_bytes_before": events[0]["fp32_model_bytes_before"],
+            "fp32_model_bytes_after": events[0]["fp32_model_bytes_after"],
+            # master + two Adam moments of this rank's new partition (the largest over ranks)
+            "partition_state_bytes": 3 * max(e["fp32_partition_bytes_after"] for e in events),
+            "growth_seconds": phase["growth_seconds"],
+        }
+    return out
+
+
+RSS_TARGET = 1.05
+
+
+def bytes_verdict(backend: str, copy: str, b: dict) -> tuple[str | None, str]:
+    """(target, status) for the copy phase's bytes of one growth event."""
+    copy_received = b["by_phase_received_max"].get("copy", 0)
+    copy_sent = b["by_phase_sent_max"].get("copy", 0)
+    if copy != "local" or not backend.startswith("zero"):
+        return None, "INFO"
+    if backend == "zero3":
+        return "0 bytes", "PASS" if copy_received == 0 and copy_sent == 0 else "FAIL"
+    return "<= own new partition (master + 2 moments)", "PASS" if copy_received <= b["partition_state_bytes"] else "FAIL"
+
+
+def rss_row(args, backend: str) -> dict:
+    """Three growth events vs a fresh engine of the final depth, each in its own launch."""
+    grown, fresh = launch(args, backend, "rss-grown"), launch(args, backend, "rss-fresh")
+    ratios = [g["phases"][0]["rss"] / f["phases"][0]["rss"] for g, f in zip(grown["per_rank"], fresh["per_rank"])]
+    return {"backend": backend, "world_size": args.num_processes, "rss_ratio_max": max(ratios), "rss_ratios": ratios,
+            "rss_grown": [g["phases"][0]["rss"] for g in grown["per_rank"]],
+            "rss_fresh": [f["phases"][0]["rss"] for f in fresh["per_rank"]],
+            "depths": grown["phases"][0]["depths"], "engines_alive_grown": grown["phases"][0]["engines_alive"],
+            "engines_alive_fresh": fresh["phases"][0]["engines_alive"]}
 
 
 def main(argv=None) -> None:
@@ -279,18 +424,24 @@ def main(argv=None) -> None:
     if args.worker:
         worker(args)
         return
-    rows, failed, start = [], [], time.perf_counter()
-    for backend in args.backends:
-        t0 = time.perf_counter()
-        try:
-            row = summarize(launch(args, backend))
-        except RuntimeError as e:  # report it and go on with the other backends
-            print(e, file=sys.stderr, flush=True)
-            failed.append(backend)
-            continue
-        row["launch_seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        print(f"[{backend}] done in {row['launch_seconds']:.0f} s", file=sys.stderr, flush=True)
+    rows, rss_rows, failed, start = [], [], [], time.perf_counter()
+    for procs in args.procs:
+        args.num_processes = procs
+        for backend in args.backends:
+            if backend == "single" and procs != args.procs[0]:
+                continue
+            t0 = time.perf_counter()
+            try:
+                row = summarize(launch(args, backend))
+                if args.rss and backend != "single":
+                    rss_rows.append(rss_row(args, backend))
+            except RuntimeError as e:  # report it and go on with the other backends
+                print(e, file=sys.stderr, flush=True)
+                failed.append(f"{backend} x{procs}")
+                continue
+            row["launch_seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"[{backend} x{procs}] done in {row['launch_seconds']:.0f} s", file=sys.stderr, flush=True)
     print(f"llama hidden {args.hidden}, depth {args.layers} -> {args.target} after step {args.grow_at}, seq {args.seq_len}, "
           f"global batch {args.batch}; medians over {args.steps - args.warmup} steps x {args.repeats} run(s) per side")
     print(f"{'backend':<8}{'procs':>6}{'growth s':>10}{'grown step s':>14}{'growth/step':>13}{'fresh step s':>14}"
@@ -308,11 +459,67 @@ def main(argv=None) -> None:
         print(f"{backend:<8} ERROR (worker failed; its output is above)")
     print(f"target: fresh/grown step time >= {THROUGHPUT_TARGET}. noise: spread between repeated phases of the same kind "
           f"(UNRESOLVED: short of the target by less than that). cpu: this process's CPU time per step, less sensitive "
-          f"to other load than wall time. Total {time.perf_counter() - start:.0f} s.")
+          f"to other load than wall time.")
+
+    results = []
+    print("\nBytes per rank in one growth event (largest over ranks; rebuild = new model + engine, copy = state moved)")
+    print(f"{'backend':<8}{'procs':>6}{'copy':>8}{'received':>12}{'sent':>12}{'rebuild rx':>12}{'copy rx':>12}"
+          f"{'model fp32':>12}{'rx/model':>10}{'partition':>12}{'event s':>9}  verdict")
+    for r in rows:
+        for copy, b in r["bytes"].items():
+            target, status = bytes_verdict(r["backend"], copy, b)
+            rx = b["by_phase_received_max"]
+            print(f"{r['backend']:<8}{r['world_size']:>6}{copy:>8}{b['received_max']:>12,}{b['sent_max']:>12,}"
+                  f"{rx.get('rebuild', 0):>12,}{rx.get('copy', 0):>12,}{b['fp32_model_bytes_after']:>12,}"
+                  f"{b['received_max'] / b['fp32_model_bytes_after']:>10.2f}{b['partition_state_bytes']:>12,}"
+                  f"{b['growth_seconds']:>9.2f}  {status if target else ''}")
+            name = f"{r['backend']} x{r['world_size']} {copy}"
+            results.append({"metric": f"{name}: bytes received per rank, copy phase of a growth event",
+                            "value": float(rx.get("copy", 0)), "target": target, "status": status, "noise": None,
+                            "note": f"partition state {b['partition_state_bytes']} B, grown model fp32 "
+                                    f"{b['fp32_model_bytes_after']} B"})
+            results.append({"metric": f"{name}: bytes received per rank, whole growth event", "value": float(b["received_max"]),
+                            "target": None, "status": "INFO", "noise": None,
+                            "note": f"rebuild {rx.get('rebuild', 0)} B + copy {rx.get('copy', 0)} B; sent {b['sent_max']} B"})
+            results.append({"metric": f"{name}: growth event seconds", "value": float(b["growth_seconds"]), "target": None,
+                            "status": "INFO", "noise": None, "note": "CPU, gloo; one event"})
+    print("target: ZeRO-3 local: 0 bytes in the copy phase; ZeRO-1/2 local: at most the rank's new partition (fp32 master "
+          "+ 2 moments); gather: the old path, for comparison.")
+    for r in rows:
+        name = f"{r['backend']} x{r['world_size']}"
+        status = {"PASS": "PASS", "FAIL": "FAIL", "UNRESOLVED": "NOISE"}[r["verdict"]]
+        results.append({"metric": f"{name}: fresh/grown step time", "value": r["throughput_ratio"],
+                        "target": f">= {THROUGHPUT_TARGET}", "status": status, "noise": r["noise"],
+                        "note": f"median of {r['timed_steps']['grown']} grown / {r['timed_steps']['fresh']} fresh steps"})
+        results.append({"metric": f"{name}: growth event / grown step", "value": r["growth_over_step"], "target": None,
+                        "status": "INFO", "noise": None, "note": f"event {r['growth_seconds']:.3f} s"})
+    if rss_rows:
+        print("\nRSS after 3 growth events / RSS of a fresh engine of the final depth (per rank, separate launches)")
+        for r in rss_rows:
+            status = "PASS" if r["rss_ratio_max"] <= RSS_TARGET else "FAIL"
+            print(f"{r['backend']:<8}{r['world_size']:>6}  depths {args.layers} -> {' -> '.join(map(str, r['depths']))}: "
+                  f"{' '.join(f'{x:.3f}' for x in r['rss_ratios'])}  (grown {max(r['rss_grown']) / 2**20:.0f} MiB, fresh "
+                  f"{max(r['rss_fresh']) / 2**20:.0f} MiB; DeepSpeed engines alive {r['engines_alive_grown']} vs "
+                  f"{r['engines_alive_fresh']})  {status}")
+            results.append({"metric": f"{r['backend']} x{r['world_size']}: RSS after 3 growth events / fresh engine",
+                            "value": r["rss_ratio_max"], "target": f"<= {RSS_TARGET}", "status": status, "noise": None,
+                            "note": f"largest over ranks; grown {max(r['rss_grown'])} B, fresh {max(r['rss_fresh'])} B"})
+    for name in failed:
+        results.append({"metric": f"{name}: worker", "value": 0.0, "target": "runs", "status": "FAIL", "noise": None,
+                        "note": "worker failed"})
+    print(f"Total {time.perf_counter() - start:.0f} s.")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "result_dir")},
-                       "throughput_target": THROUGHPUT_TARGET, "results": rows, "failed": failed}, f, indent=2)
+                       "throughput_target": THROUGHPUT_TARGET, "results": rows, "rss": rss_rows, "failed": failed}, f,
+                      indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"name": "bench_distributed", "command": " ".join(["python", "scripts/bench_distributed.py",
+                                                                          *(argv if argv is not None else sys.argv[1:])]),
+                       "results": results}, f, indent=2)
+    if args.smoke and (failed or not rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
