@@ -509,6 +509,8 @@ def _check_across(r: Recipe) -> None:
     if family_model and r.data.block_size > m.max_position_embeddings:
         raise ValueError(f"data.block_size: {r.data.block_size} is larger than model.max_position_embeddings "
                          f"{m.max_position_embeddings}")
+    if r.data.streaming and r.training.get("max_steps", -1) <= 0:  # an endless stream has no epochs to count
+        raise ValueError(f"data.streaming: needs a positive training.max_steps, got {r.training.get('max_steps', -1)}")
     if schedule is None or not family_model:
         return
     if r.baseline:
