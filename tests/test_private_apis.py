@@ -77,3 +77,42 @@ def test_deepspeed_internals():
     engine = inspect.getsource(DeepSpeedEngine)
     for attr in ("self.global_steps", "self.global_samples", "self.micro_steps", "self.skipped_steps", "def destroy"):
         assert attr in engine, f"DeepSpeedEngine {attr} is gone"
+
+
+def test_deepspeed_local_growth_internals():
+    """growth/deepspeed.py's local copies (GROWTH_DISTRIBUTED_COPY=local) and broadcast-free rebuild."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.zero.partition_parameters import Init, ZeroParamStatus
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    from deepspeed.utils import (  # noqa: F401
+        safe_get_local_fp32_param,
+        safe_get_local_optimizer_state,
+        safe_set_local_fp32_param,
+        safe_set_local_optimizer_state,
+    )
+    from transformers import PreTrainedModel
+    from transformers.integrations import deepspeed as hf_ds
+
+    # zero.Init: broadcast from rank 0, then partition; we keep the partition and drop the broadcast
+    init = inspect.getsource(Init._zero_init_param)
+    assert "_convert_to_deepspeed_param(param)" in init and "dist.broadcast" in init and "param.partition()" in init, \
+        "deepspeed Init._zero_init_param changed"
+    assert _params(Init._zero_init_param) == ["self", "param"], "Init._zero_init_param signature changed"
+    assert hasattr(ZeroParamStatus, "AVAILABLE") and hasattr(ZeroParamStatus, "NOT_AVAILABLE")
+    assert _params(DeepSpeedEngine._broadcast_model) == ["self"], "DeepSpeedEngine._broadcast_model changed"
+    # the ZeRO-3 optimizer gathers each parameter only to register its grad hook, then partitions it
+    hooks = inspect.getsource(DeepSpeedZeroOptimizer_Stage3.create_reduce_and_remove_grad_hooks)
+    assert "param.all_gather()" in hooks and "param.partition()" in hooks and "register_grad_hook" in hooks, \
+        "DeepSpeedZeroOptimizer_Stage3.create_reduce_and_remove_grad_hooks changed"
+    assert "self.fp16_groups" in hooks
+    # transformers' gathered ZeRO-3 weight init, looked up at call time by _from_config
+    assert callable(hf_ds.initialize_weights_zero3)
+    assert "from .integrations.deepspeed import initialize_weights_zero3" in inspect.getsource(PreTrainedModel._from_config), \
+        "transformers _from_config no longer imports initialize_weights_zero3 at call time"
+    # ZeRO-1/2 and BF16_Optimizer flat layouts: parameters are views into the flat buffers
+    for attr in ("self.bit16_groups", "self.bit16_groups_flat"):
+        assert attr in inspect.getsource(DeepSpeedZeroOptimizer), f"ZeRO-1/2 optimizer attribute {attr} is gone"
+    for attr in ("self.bf16_groups", "self.bf16_groups_flat"):
+        assert attr in inspect.getsource(BF16_Optimizer), f"BF16_Optimizer attribute {attr} is gone"
