@@ -4,6 +4,9 @@
     python -m eval.evaluate out/run --data data/val.jsonl --text_field text --block_size 512 --max_tokens 1000000 --out val.json
     python -m eval.evaluate out/run --data hf:wikitext:wikitext-103-raw-v1 --split validation --max_tokens 2000000
     python eval/evaluate.py out/run --data data/val.parquet --tokenizer out/tokenizer --device cpu
+    python eval/evaluate.py runs/tiny --lm-eval stdlib_heldout            # lm-evaluation-harness, shipped local task
+    python eval/evaluate.py runs/tiny --lm-eval hellaswag,arc_easy,lambada_openai --batch_size 32   # hub tasks (GPU, network)
+    python eval/evaluate.py --smoke                                       # a tiny grown checkpoint, both paths (seconds)
 
 Prints one JSON line: loss (mean NLL per scored token, nats), perplexity (exp(loss)),
 bits_per_byte (total NLL in bits / UTF-8 bytes of the scored text), tokens, bytes, documents, ...
@@ -27,6 +30,14 @@ How text becomes scored tokens (what bits per byte is exact for):
 - --max_tokens caps the stream length. The document that does not fit is cut as text, at a
   character, before tokenizing (so its bytes are exactly those of the scored prefix) and gets no
   closing eos; the cut's last token can differ from the token the whole document would have had.
+
+--lm-eval TASKS (comma-separated) runs EleutherAI's lm-evaluation-harness (`lm_eval.simple_evaluate`
+with its HF model class, `HFLM`, on the local checkpoint, at the depth the checkpoint was saved
+with) and adds {"lm_eval": {task: {metric: value}}} to the JSON line. Tasks in eval/lm_eval_tasks/
+need no network: `stdlib_heldout` scores held-out standard-library text with the rolling
+log-likelihood (bits_per_byte, byte_perplexity, word_perplexity). Other names are the harness's own
+tasks (hellaswag, arc_easy, arc_challenge, lambada_openai, ...), downloaded from the HF hub.
+--lm_eval_limit N scores only the first N documents of each task (a check, not a measurement).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -202,25 +214,77 @@ def score_stream(model, stream: list[int], block_size: int, batch_size: int = 8,
     return total.item(), count
 
 
-def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, device: str | None = None, dtype: str = "auto"):
-    """Model from `checkpoint` on `device` (default cuda if available) in eval mode; tokenizer from
-    `tokenizer`, else the checkpoint dir, else its parent (a Trainer output dir above checkpoint-N/)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def resolve_device_dtype(device: str | None, dtype: str) -> tuple[str, str]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"--dtype: expected auto, float32, bfloat16 or float16, got {dtype!r}")
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).to(device).eval()
+    return device, dtype
+
+
+def find_tokenizer(checkpoint: str, tokenizer: str | None = None):
+    """(tokenizer, where): from `tokenizer`, else the checkpoint dir, else its parent (a Trainer
+    output dir above checkpoint-N/)."""
+    from transformers import AutoTokenizer
+
     candidates = [tokenizer] if tokenizer else [checkpoint] + ([str(Path(checkpoint).parent)] if Path(checkpoint).is_dir() else [])
     errors = []
     for c in candidates:
         try:
-            return model, AutoTokenizer.from_pretrained(c), dtype, device
+            return AutoTokenizer.from_pretrained(c), c
         except (OSError, ValueError) as e:
             errors.append(f"{c}: {type(e).__name__}: {e}")
     raise ValueError("no tokenizer found (pass --tokenizer): " + " | ".join(errors))
+
+
+def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, device: str | None = None, dtype: str = "auto"):
+    """Model from `checkpoint` on `device` (default cuda if available) in eval mode, and its tokenizer
+    (see find_tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    device, dtype = resolve_device_dtype(device, dtype)
+    tok, _ = find_tokenizer(checkpoint, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tok, dtype, device
+
+
+LM_EVAL_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"  # local tasks: no network needed
+
+
+def run_lm_eval(checkpoint: str, tasks: str | list[str], tokenizer: str | None = None, device: str | None = None,
+                dtype: str = "auto", batch_size: int = 8, limit: int | None = None, num_fewshot: int | None = None) -> dict:
+    """lm-evaluation-harness on a local checkpoint: {"num_layers", "lm_eval": {task: {metric: value}},
+    "lm_eval_version"}. Tasks are eval/lm_eval_tasks/'s or the harness's own (see the module docstring)."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise ValueError(f"--lm-eval: expected comma-separated task names, got {tasks!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--lm_eval_limit: must be positive, got {limit}")
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    device, dtype = resolve_device_dtype(device, dtype)
+    _, tok_path = find_tokenizer(checkpoint, tokenizer)
+    # Indexing the harness's ~200 task folders takes seconds: only when a task is not ours.
+    manager = TaskManager(include_path=str(LM_EVAL_TASKS), include_defaults=False)
+    if not set(names) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=str(LM_EVAL_TASKS))
+        unknown = sorted(set(names) - set(manager.all_tasks))
+        if unknown:
+            raise ValueError(f"--lm-eval: unknown task(s) {unknown} (local tasks: {sorted(os.listdir(LM_EVAL_TASKS))}; "
+                             "see `lm_eval ls tasks` for the harness's)")
+    lm = HFLM(pretrained=checkpoint, tokenizer=tok_path, device=device, dtype=dtype, batch_size=batch_size)
+    out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+                                  log_samples=False, bootstrap_iters=0)
+    metrics = {}
+    for task, values in out["results"].items():
+        # Keys are "metric,filter" ("bits_per_byte,none"); stderr is "N/A" without bootstrapping.
+        metrics[task] = {k.split(",")[0]: v for k, v in values.items()
+                         if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+    return {"checkpoint": str(checkpoint), "num_layers": lm.model.config.num_hidden_layers, "lm_eval": metrics,
+            "lm_eval_limit": limit, "lm_eval_version": out.get("lm_eval_version"), "dtype": dtype, "device": device}
 
 
 def evaluate(
@@ -261,10 +325,38 @@ def evaluate(
     }
 
 
+def write_smoke_checkpoint(root: Path) -> tuple[Path, Path]:
+    """(checkpoint, text file) for --smoke: a tiny Llama grown 2 -> 4 layers by growth.grow, saved
+    with a byte-level BPE tokenizer trained on a little standard-library text."""
+    import sysconfig
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from growth import grow
+    from growth.models import ModelConfig, build_model
+
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text(encoding="utf-8")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="llama", hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=2048)
+    model = build_model(cfg, len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    grow(model, 4)
+    ckpt = root / "grown"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    (root / "val.txt").write_text(text[:4000], encoding="utf-8")
+    return ckpt, root / "val.txt"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="saved HF model directory (or hub name)")
-    p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hf:NAME[:CONFIG]")
+    p.add_argument("checkpoint", nargs="?", help="saved HF model directory (or hub name)")
+    p.add_argument("--data", default=None, help="local .txt/.jsonl/.parquet file or hf:NAME[:CONFIG] (needed unless --lm-eval)")
     p.add_argument("--text_field", default="text", help="text field/column of .jsonl/.parquet/hub rows")
     p.add_argument("--split", default="validation", help="hub split (hf: data only)")
     p.add_argument("--txt_docs", default="paragraph", choices=["paragraph", "file"], help="a .txt file's documents: blank-line separated paragraphs, or the whole file")
@@ -274,15 +366,40 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint dir, then its parent)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16")
+    p.add_argument("--lm-eval", "--lm_eval", dest="lm_eval", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks (stdlib_heldout is local; others come from the hub)")
+    p.add_argument("--lm_eval_limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--num_fewshot", type=int, default=None, help="lm-eval few-shot examples (default: each task's)")
     p.add_argument("--out", default=None, help="also write the result to this JSON file")
+    p.add_argument("--smoke", action="store_true", help="grow a tiny model, save it, score it both ways (seconds)")
     args = p.parse_args(argv)
+    tmp = None
+    if args.smoke:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="evaluate_smoke_")
+        ckpt, data = write_smoke_checkpoint(Path(tmp.name))
+        args.checkpoint, args.data, args.lm_eval = str(ckpt), str(data), args.lm_eval or "stdlib_heldout"
+        args.lm_eval_limit, args.block_size, args.device = args.lm_eval_limit or 2, 128, "cpu"
+    if args.checkpoint is None:
+        p.error("the checkpoint is required (or --smoke)")
+    if args.data is None and args.lm_eval is None:
+        p.error("give --data, --lm-eval TASKS, or both")
     try:
-        result = evaluate(
-            args.checkpoint, args.data, args.text_field, args.block_size, args.max_tokens, args.batch_size,
-            args.tokenizer, args.split, args.txt_docs, args.device, args.dtype,
-        )
+        result = {}
+        if args.data is not None:
+            result = evaluate(
+                args.checkpoint, args.data, args.text_field, args.block_size, args.max_tokens, args.batch_size,
+                args.tokenizer, args.split, args.txt_docs, args.device, args.dtype,
+            )
+        if args.lm_eval is not None:
+            result.update(run_lm_eval(args.checkpoint, args.lm_eval, args.tokenizer, args.device, args.dtype,
+                                      args.batch_size, args.lm_eval_limit, args.num_fewshot))
     except ValueError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -1,5 +1,6 @@
 """eval/evaluate.py on a tiny random Llama and a byte-level BPE trained here: loss, perplexity and
-bits per byte against an independent computation through the model's own loss."""
+bits per byte against an independent computation through the model's own loss; lm-evaluation-harness
+on a checkpoint saved by a real growing Trainer run."""
 
 import json
 import math
@@ -14,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from eval.evaluate import build_stream, evaluate, iter_documents, score_stream, split_paragraphs
+from eval.evaluate import LM_EVAL_TASKS, build_stream, evaluate, iter_documents, main, run_lm_eval, score_stream, split_paragraphs
 
 REPO = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"
@@ -178,3 +179,69 @@ def test_cli(setup, tmp_path):
     )
     assert res.returncode == 2
     assert "could not load hub dataset 'someone/no_such_dataset'" in res.stderr and "Offline?" in res.stderr
+
+
+@pytest.mark.slow
+def test_lm_eval_harness_scores_the_grown_checkpoint(setup, tmp_path):
+    """A Trainer run grows 2 -> 4 layers and saves; lm-eval's HF model class loads that checkpoint
+    from its path and scores the shipped local task: its bits per byte equal the grown model's own
+    negative log-likelihood of the same documents, so all 4 layers and the trained weights are used."""
+    import datasets
+    import transformers
+
+    from growth.models import ModelConfig, build_model
+    from growth.trainer import enable_growth
+
+    tok = setup["tok"]
+    torch.manual_seed(0)
+    # 2048 positions (rotary: no parameters) so that each document is scored in one window.
+    cfg = ModelConfig(family="llama", hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=2048)
+    model = build_model(cfg, len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tok), (16, 32), generator=g).tolist()
+    args = transformers.TrainingArguments(str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                                          use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=1)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}))
+    enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[2, 4]]}})
+    trainer.train()
+    ckpt = tmp_path / "run" / "final"
+    trainer.save_model(str(ckpt))
+    tok.save_pretrained(ckpt)
+
+    result = run_lm_eval(str(ckpt), "stdlib_heldout", device="cpu", dtype="float32", batch_size=2, limit=3)
+    assert result["num_layers"] == 4 and set(result["lm_eval"]) == {"stdlib_heldout"}
+    metrics = result["lm_eval"]["stdlib_heldout"]
+    assert set(metrics) == {"bits_per_byte", "byte_perplexity", "word_perplexity"}
+
+    docs = [json.loads(line)["text"] for line in (LM_EVAL_TASKS / "stdlib_heldout" / "stdlib_heldout.jsonl").read_text().splitlines()[:3]]
+    grown = trainer.model.eval()
+    assert grown.config.num_hidden_layers == 4
+    nll, n_bytes = 0.0, 0
+    with torch.no_grad():
+        for doc in docs:
+            ids = tok(doc, add_special_tokens=False)["input_ids"]
+            assert len(ids) < 2048  # one window: lm-eval scores every token after its prefix token (eos)
+            x = torch.tensor([[tok.eos_token_id] + ids])
+            logits = grown(input_ids=x[:, :-1]).logits
+            nll += torch.nn.functional.cross_entropy(logits[0].double(), x[0, 1:], reduction="sum").item()
+            n_bytes += len(doc.encode("utf-8"))
+    assert metrics["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+    assert metrics["byte_perplexity"] == pytest.approx(2 ** metrics["bits_per_byte"], rel=1e-9)
+
+
+def test_lm_eval_task_documents_are_held_out_of_training():
+    from growth.data import in_validation
+
+    rows = [json.loads(line) for line in (LM_EVAL_TASKS / "stdlib_heldout" / "stdlib_heldout.jsonl").read_text().splitlines()]
+    assert len(rows) == 22 and all(in_validation(r["path"], 0.05) for r in rows)
+    assert all(600 <= len(r["text"]) <= 1500 and r["text"] == r["text"].rstrip() for r in rows)
+
+
+def test_lm_eval_argument_errors(setup, capsys):
+    with pytest.raises(ValueError, match="--lm-eval: expected comma-separated task names, got ' , '"):
+        run_lm_eval(str(setup["ckpt"]), " , ")
+    with pytest.raises(ValueError, match="--lm_eval_limit: must be positive, got 0"):
+        run_lm_eval(str(setup["ckpt"]), "stdlib_heldout", limit=0)
+    with pytest.raises(SystemExit) as e:
+        main([str(setup["ckpt"])])
+    assert e.value.code == 2 and "give --data, --lm-eval TASKS, or both" in capsys.readouterr().err
