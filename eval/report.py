@@ -14,6 +14,7 @@ Conventions, used by every function here:
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -83,9 +84,8 @@ def spread(values: Sequence[float | None]) -> Spread:
     missing = len(values) - len(present)
     if not present:
         return Spread(0, missing, None, None, None, None)
-    mean = sum(present) / len(present)
-    var = sum((v - mean) ** 2 for v in present) / (len(present) - 1) if len(present) > 1 else 0.0
-    return Spread(len(present), missing, mean, math.sqrt(var), min(present), max(present))
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return Spread(len(present), missing, statistics.fmean(present), std, min(present), max(present))
 
 
 def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
