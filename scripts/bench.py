@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,23 @@ def _error_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def run_group(cmd: list[str], timeout: float, **kwargs) -> tuple[int | None, str]:
+    """(exit code or None on timeout, stdout + stderr). The command runs in its own process group,
+    killed whole on timeout: a benchmark's launcher and workers must not outlive it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        rc = None
+    except BaseException:  # interrupted: take the benchmark's processes down with us
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return rc, out + ("\n" + err if err else "")
+
+
 def run_one(bench: Bench, smoke: bool, out_dir: str, timeout: float) -> dict:
     """Run one benchmark script; never raises. Returns its record for the report."""
     json_path = os.path.join(out_dir, f"bench_{bench.name}.json")
@@ -157,12 +175,7 @@ def run_one(bench: Bench, smoke: bool, out_dir: str, timeout: float) -> dict:
               "load_before": list(os.getloadavg()), "started": _now()}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench_{bench.name}_") as cwd:
-        try:
-            proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-            rc, output = proc.returncode, proc.stdout + ("\n" + proc.stderr if proc.stderr else "")
-        except subprocess.TimeoutExpired as e:
-            rc = None
-            output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        rc, output = run_group(cmd, timeout, cwd=cwd, env=env)
     record.update(seconds=time.perf_counter() - t0, load_after=list(os.getloadavg()), returncode=rc)
     with open(log_path, "w") as f:
         f.write(output)
@@ -371,22 +384,35 @@ def main(argv=None) -> int:
     print(f"[bench] {len(benches)} benchmark(s){' (smoke)' if args.smoke else ''}: {', '.join(b.name for b in benches)}; "
           f"{doc['machine']['cpus']} CPUs, load average {_load(doc['load_start'])}", flush=True)
 
+    def write(final: bool) -> None:
+        """The collection so far (also after each benchmark, so a killed suite leaves what it measured)."""
+        done = [records[b.name] for b in benches if b.name in records]
+        partial = {**doc, "benchmarks": done, "complete": final}
+        partial.setdefault("finished", _now())
+        partial.setdefault("load_end", list(os.getloadavg()))
+        targets = [os.path.join(out_dir, "benchmarks.json")] + ([args.json] if args.json else [])
+        for path in targets:
+            with open(path + ".tmp", "w") as f:
+                json.dump(partial, f, indent=2)
+            os.replace(path + ".tmp", path)
+        if final:
+            with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
+                f.write(render(partial))
+
+    records: dict[str, dict] = {}
+
     def one(b: Bench) -> dict:
         record = run_one(b, args.smoke, logs_dir, timeout)
         print(f"[bench] {b.name}: {record['status']} in {record['seconds']:.0f} s"
               + (f" -- {record['error']}" if record["error"] else ""), flush=True)
+        records[b.name] = record
+        write(final=False)
         return record
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         doc["benchmarks"] = list(pool.map(one, benches))
     doc["finished"], doc["load_end"] = _now(), list(os.getloadavg())
-
-    with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
-        json.dump(doc, f, indent=2)
-    with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
-        f.write(render(doc))
-    if args.json:
-        shutil.copyfile(os.path.join(out_dir, "benchmarks.json"), args.json)
+    write(final=True)
     failed = [b["name"] for b in doc["benchmarks"] if b["error"]]
     print(f"[bench] wrote {os.path.join(out_dir, 'benchmarks.md')} and benchmarks.json; "
           + (f"crashed or no valid results: {', '.join(failed)}" if failed else "every benchmark produced results"),
