@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -65,63 +64,47 @@ HUB_PREFIX = "hf:"
 # Documents
 
 
-def split_paragraphs(text: str) -> list[str]:
-    """Documents of a .txt file: blocks separated by blank lines (whitespace-only lines count)."""
-    return [p.strip("\n") for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+# Local file type -> the `datasets` builder that reads it.
+LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def iter_documents(data: str, text_field: str = "text", split: str = "validation", txt_docs: str = "paragraph") -> Iterator[str]:
-    """Texts of `data` (see the module docstring), lazily."""
-    if data.startswith(HUB_PREFIX):
-        yield from _hub_documents(data[len(HUB_PREFIX) :], text_field, split)
-        return
-    path = Path(data)
-    if not path.is_file():
-        raise ValueError(f"--data: file {data!r} does not exist (for a hub dataset use hf:NAME)")
-    if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
-        if txt_docs == "file":
-            yield text
-        elif txt_docs == "paragraph":
-            yield from split_paragraphs(text)
-        else:
-            raise ValueError(f"--txt_docs: expected 'paragraph' or 'file', got {txt_docs!r}")
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if line.strip():
-                    yield _field(json.loads(line), text_field, f"{data}:{i}")
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    """Texts of `data` (see the module docstring), lazily, read by `datasets` in streaming mode.
 
-        pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise ValueError(f"--text_field: column {text_field!r} not in {data!r} (columns: {pf.schema_arrow.names})")
-        for batch in pf.iter_batches(columns=[text_field], batch_size=1000):
-            yield from (t for t in batch.column(0).to_pylist() if t is not None)
-    else:
-        raise ValueError(f"--data: unsupported file type {path.suffix!r} for {data!r} (expected .txt, .jsonl, .parquet or hf:NAME)")
-
-
-def _field(row: dict, text_field: str, where: str) -> str:
-    if text_field not in row:
-        raise ValueError(f"--text_field: {where} has no field {text_field!r} (fields: {sorted(row)})")
-    return row[text_field]
-
-
-def _hub_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
+    A .txt file's documents are separated by blank lines ("\n\n", surrounding newlines stripped),
+    as growth/data.py splits training text; with txt_docs="file" the whole file is one document."""
     import datasets
 
-    name, _, config = spec.partition(":")
-    try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
-    except Exception as e:  # offline, not found, bad config or split: each a different type
-        raise ValueError(
-            f"--data: could not load hub dataset {name!r} (config={config or None!r}, split={split!r}): "
-            f"{type(e).__name__}: {e}. Offline? Pass a local .txt/.jsonl/.parquet file instead."
-        ) from e
+    if txt_docs not in ("paragraph", "file"):
+        raise ValueError(f"--txt_docs: expected 'paragraph' or 'file', got {txt_docs!r}")
+    if data.startswith(HUB_PREFIX):
+        name, _, config = data[len(HUB_PREFIX) :].partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        except Exception as e:  # offline, not found, bad config or split: each a different type
+            raise ValueError(
+                f"--data: could not load hub dataset {name!r} (config={config or None!r}, split={split!r}): "
+                f"{type(e).__name__}: {e}. Offline? Pass a local .txt/.jsonl/.parquet file instead."
+            ) from e
+        field, strip = text_field, False
+    else:
+        path = Path(data)
+        if not path.is_file():
+            raise ValueError(f"--data: file {data!r} does not exist (for a hub dataset use hf:NAME)")
+        builder = LOCAL_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"--data: unsupported file type {path.suffix!r} for {data!r} (expected .txt, .jsonl, .parquet or hf:NAME)")
+        kwargs = {"sample_by": "document" if txt_docs == "file" else "paragraph"} if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+        field, strip = ("text", txt_docs == "paragraph") if builder == "text" else (text_field, False)
     for i, row in enumerate(ds):
-        yield _field(row, text_field, f"hf:{spec} row {i}")
+        if field not in row:
+            raise ValueError(f"--text_field: {data} row {i} has no field {field!r} (fields: {sorted(row)})")
+        text = row[field]
+        if strip and text:
+            text = text.strip("\n")
+        if text:
+            yield text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from eval.evaluate import LM_EVAL_TASKS, build_stream, evaluate, iter_documents, main, run_lm_eval, score_stream, split_paragraphs
+from eval.evaluate import LM_EVAL_TASKS, build_stream, evaluate, iter_documents, main, run_lm_eval, score_stream
 
 REPO = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"
@@ -51,8 +51,8 @@ def setup(tmp_path_factory):
     model.save_pretrained(ckpt)
     fast.save_pretrained(ckpt)
     txt = root / "val.txt"
-    # Blank lines (one with spaces) separate the documents.
-    txt.write_text("\n\n".join(docs[:5]) + "\n  \n" + "\n\n".join(docs[5:]) + "\n", encoding="utf-8")
+    # Blank lines separate the documents (three newlines count as one separator, as in training).
+    txt.write_text("\n\n".join(docs[:5]) + "\n\n\n" + "\n\n".join(docs[5:]) + "\n", encoding="utf-8")
     return {"root": root, "docs": docs, "ckpt": ckpt, "txt": txt, "model": model.eval(), "tok": fast}
 
 
@@ -72,9 +72,13 @@ def manual_nll(model, tok, docs, block_size):
     return total, n, len(stream)
 
 
-def test_paragraph_split(setup):
-    assert split_paragraphs(setup["txt"].read_text(encoding="utf-8")) == setup["docs"]
+def test_paragraph_split(setup, tmp_path):
     assert list(iter_documents(str(setup["txt"]))) == setup["docs"]
+    # As growth/data.py splits training text: "\n\n" separates, a line of spaces does not.
+    (tmp_path / "t.txt").write_text("\n\na\nb\n\n\nc\n  \nd\n\n\n\n", encoding="utf-8")
+    assert list(iter_documents(str(tmp_path / "t.txt"))) == ["a\nb", "c\n  \nd"]
+    with pytest.raises(ValueError, match="--txt_docs: expected 'paragraph' or 'file', got 'line'"):
+        next(iter_documents(str(tmp_path / "t.txt"), txt_docs="line"))
 
 
 def test_loss_ppl_bpb_match_manual_computation(setup):
@@ -148,9 +152,9 @@ def test_jsonl_parquet_and_whole_file(setup, tmp_path):
         assert (r["loss"], r["bytes"], r["tokens"]) == (ref["loss"], ref["bytes"], ref["tokens"])
     whole = evaluate(str(setup["ckpt"]), str(setup["txt"]), txt_docs="file", **kw)
     assert whole["documents"] == 1 and whole["bytes"] == len(setup["txt"].read_bytes())
-    with pytest.raises(ValueError, match=r"v.jsonl:1 has no field 'text' \(fields: \['body', 'id'\]\)"):
+    with pytest.raises(ValueError, match=r"v.jsonl row 0 has no field 'text' \(fields: \['body', 'id'\]\)"):
         evaluate(str(setup["ckpt"]), str(tmp_path / "v.jsonl"), **kw)
-    with pytest.raises(ValueError, match="column 'text' not in"):
+    with pytest.raises(ValueError, match=r"v.parquet row 0 has no field 'text' \(fields: \['body'\]\)"):
         evaluate(str(setup["ckpt"]), str(tmp_path / "v.parquet"), **kw)
     with pytest.raises(ValueError, match="unsupported file type '.csv'"):
         (tmp_path / "v.csv").write_text("text\nhello\n")
