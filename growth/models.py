@@ -62,15 +62,15 @@ def build_config(cfg: ModelConfig, vocab_size: int | None = None, **token_ids) -
                                           max_position_embeddings=cfg.max_position_embeddings, **extra)
     # Gated MLPs: 8/3 * hidden keeps the parameter count of a 4x MLP, rounded up to a multiple of 32.
     inter = cfg.intermediate_size or -(-(8 * h // 3) // 32) * 32
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config, "qwen3": getattr(transformers, "Qwen3Config", None)}[cfg.family]
-    if cls is None:
-        raise ValueError(f"model.family: qwen3 needs a transformers version that has it; supported: {SUPPORTED}")
     kwargs = dict(vocab_size=vocab, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, num_key_value_heads=kv,
                   intermediate_size=inter, max_position_embeddings=cfg.max_position_embeddings)
     if cfg.family == "qwen3":
         kwargs["head_dim"] = h // heads
-    return cls(**kwargs, **extra)
+    try:  # the family's config class (LlamaConfig, Qwen3Config, ...), as transformers maps model types
+        return transformers.AutoConfig.for_model(cfg.family, **kwargs, **extra)
+    except ValueError as e:
+        raise ValueError(f"model.family: {cfg.family!r} is not known to transformers {transformers.__version__} ({e}); "
+                         f"supported: {SUPPORTED}") from None
 
 
 def build_model(cfg: ModelConfig, vocab_size: int | None = None, **token_ids):
