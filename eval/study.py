@@ -3,6 +3,7 @@
     python eval/study.py --out runs/study --jobs 2          # the CPU study (docs/study.md): ~250 runs
     python eval/study.py --out runs/study --report_only     # tables and plots from the runs finished so far
     python eval/study.py --smoke --out /tmp/study_smoke     # the whole pipeline in seconds (tiny sizes)
+    python eval/study.py --preset gpu_125m --out runs/gpu_study --launch "accelerate launch --num_processes 8"
 
 Protocol (what a reviewer of a growth paper asks for; "No Train No Gain", Kaddour et al. 2023):
   budgets     3 training-FLOPs budgets, fractions (1/4, 1/2, 1) of the reference: the FLOPs of the
@@ -38,7 +39,9 @@ import json
 import math
 import multiprocessing
 import os
+import shlex
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -96,6 +99,7 @@ class StudyConfig:
     ref_steps: int = 2000  # the reference budget: the reference arm over this many steps
     ref_arm: str = "wsd_early_2-4-6"
     budgets: tuple = (0.25, 0.5, 1.0)
+    initial_depth: int = 2  # every growth schedule starts here
     fixed_depths: tuple = (2, 4, 6, 8)
     growth: tuple = (("wsd_early_2-4-6", ((0.25, 4), (0.5, 6))), ("wsd_late_2-4-6", ((0.6, 4), (0.8, 6))),
                      ("wsd_early_2-4-8", ((0.25, 4), (0.5, 8))), ("wsd_late_2-4-8", ((0.6, 4), (0.8, 8))))
@@ -107,7 +111,8 @@ class StudyConfig:
     seeds: int = 3
 
     def arms(self) -> list[Arm]:
-        return [Arm(f"fixed_{d}", depth=d) for d in self.fixed_depths] + [Arm(l, points=tuple(p)) for l, p in self.growth]
+        return ([Arm(f"fixed_{d}", depth=d) for d in self.fixed_depths]
+                + [Arm(l, points=tuple(p), initial_depth=self.initial_depth) for l, p in self.growth])
 
     def init_arms(self) -> list[Arm]:
         ref = self.arm(self.ref_arm)
@@ -122,8 +127,17 @@ SMOKE = StudyConfig(
            "--model.max_position_embeddings", "16", "--tokenizer.vocab_size", "300", "--data.max_train_bytes", "300000",
            "--data.max_eval_tokens", "256", "--per_device_train_batch_size", "4", "--eval_steps", "0.25",
            "--logging_steps", "0.25"],
-    ref_steps=24, budgets=(0.5, 1.0), fixed_depths=(2, 4), growth=(("wsd_early_2-4", ((0.25, 4),)),),
-    ref_arm="wsd_early_2-4", inits=(("init_zero", "zero", 1.0),), lrs=(2e-3, 8e-3), max_extend=1, seeds=2)
+    ref_steps=16, budgets=(0.5, 1.0), fixed_depths=(2, 4), growth=(("wsd_early_2-4", ((0.25, 4),)),),
+    ref_arm="wsd_early_2-4", inits=(("init_zero", "zero", 1.0),), lrs=(2e-3, 8e-3), max_extend=0, seeds=2)
+
+
+# The GPU frontier: a 125M-class llama (recipes/study_gpu_125m.yaml: FineWeb-Edu, GPT-2 tokenizer, bf16, WSD,
+# 524k tokens per step on 8 GPUs), fixed depths 3 / 6 / 12 against 3 -> 6 -> 12 grown early or late.
+GPU_125M = StudyConfig(
+    recipe="recipes/study_gpu_125m.yaml", ref_steps=4000, ref_arm="wsd_early_3-6-12", initial_depth=3,
+    fixed_depths=(3, 6, 12), growth=(("wsd_early_3-6-12", ((0.25, 6), (0.5, 12))), ("wsd_late_3-6-12", ((0.6, 6), (0.8, 12)))),
+    inits=(("init_zero", "zero", 1.0),), lrs=(3e-4, 6e-4, 1.2e-3), max_extend=1, seeds=3)
+PRESETS = {"cpu": None, "gpu_125m": GPU_125M}
 
 
 @dataclass(frozen=True)
@@ -295,6 +309,25 @@ def run_job(recipe_path: str, overrides: list[str], run_dir: str, log_path: str)
     return info
 
 
+def launch_job(launch: list[str], recipe_path: str, overrides: list[str], run_dir: str, log_path: str) -> dict:
+    """Train one run as ``launch + scripts/train.py`` (e.g. under ``accelerate launch`` on GPUs)."""
+    start = time.time()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*launch, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / recipe_path), *overrides]
+    run = Path(run_dir)  # long GPU runs save checkpoints: an interrupted one continues from its last
+    resume = run.is_dir() and any(p.name.startswith("checkpoint-") for p in run.iterdir())
+    cmd += ["--resume_from_checkpoint", "true"] if resume else ["--overwrite_output_dir", "true"]
+    with open(log_path, "a") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    if rc != 0 or not is_finished(Path(run_dir)):
+        raise RuntimeError(f"exit {rc}: {shlex.join(cmd)}")
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    info["study_wall_s"] = time.time() - start
+    (Path(run_dir) / "study.json").write_text(json.dumps({"study_wall_s": info["study_wall_s"]}) + "\n")
+    return info
+
+
 def is_finished(run_dir: Path) -> bool:
     path = run_dir / "run.json"
     if not path.exists() or not (run_dir / "config.json").exists():
@@ -308,10 +341,10 @@ def is_finished(run_dir: Path) -> bool:
 
 
 class Study:
-    def __init__(self, out: Path, cfg: StudyConfig):
+    def __init__(self, out: Path, cfg: StudyConfig, launch: list[str] | None = None):
         from growth.recipe import load_recipe
 
-        self.out, self.cfg = out, cfg
+        self.out, self.cfg, self.launch = out, cfg, launch
         self.base_overrides = [*cfg.extra, "--data.cache_dir", str(out / "cache"), "--data_seed", str(DATA_SEED)]
         self.recipe = load_recipe(ROOT / cfg.recipe, self.base_overrides)
         t = self.recipe.training
@@ -390,7 +423,8 @@ class Study:
     def job_overrides(self, job: Job) -> list[str]:
         arm = self.cfg.arm(job.arm)
         return [*self.base_overrides, *arm.overrides(), "--max_steps", str(job.steps), "--learning_rate", repr(job.lr),
-                "--seed", str(job.seed), "--label", job.arm, "--name", job.name,
+                "--seed", str(job.seed), "--label", job.arm, "--name", job.name,  # label: the wandb group
+                "--tags", json.dumps([f"budget:{job.budget:g}", f"lr:{job.lr:g}", "study"]),
                 "--output_dir", str(self.out / "runs" / job.name)]
 
     def load_finished(self) -> None:
@@ -417,7 +451,7 @@ class Study:
         start, last_report = time.time(), time.time()
         # spawn: the workers start clean (no forked tokenizer or torch thread state from this process)
         pool = (ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, mp_context=multiprocessing.get_context("spawn"))
-                if jobs > 1 else None)
+                if jobs > 1 and not self.launch else None)
         running: dict = {}
         try:
             while True:
@@ -430,7 +464,9 @@ class Study:
                     args = (self.cfg.recipe, self.job_overrides(job), str(self.out / "runs" / job.name),
                             str(self.out / "logs" / f"{job.name}.log"))
                     print(f"[study] start {job.name} ({job.steps} steps)", flush=True)
-                    if pool is None:
+                    if self.launch:
+                        self._finish(job, lambda: launch_job(self.launch, *args))
+                    elif pool is None:
                         self._finish(job, lambda: run_job(*args))
                     else:
                         running[pool.submit(run_job, *args)] = job
@@ -660,12 +696,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="study directory (default runs/study; with --smoke a temp dir)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (each runs one training run at a time)")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="cpu: the tiny study (recipes/study_tiny.yaml); gpu_125m: the 125M llama frontier "
+                        "(recipes/study_gpu_125m.yaml), with --launch")
+    p.add_argument("--launch", default=None,
+                   help='run each training run as a process under this launcher, one at a time, e.g. '
+                        '"accelerate launch --num_processes 8" (default: in-process workers)')
     p.add_argument("--ref_steps", type=int, default=None, help="steps of the reference run that defines budget 1 (default 2000)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm and budget at the picked LR (default 3)")
     p.add_argument("--report_only", action="store_true", help="only write study.json/md and plots from finished runs")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 budgets, 2 depths: the whole pipeline in seconds")
     a = p.parse_args(argv)
-    cfg = SMOKE if a.smoke else StudyConfig()
+    cfg = SMOKE if a.smoke else PRESETS[a.preset] or StudyConfig()
     if a.ref_steps is not None:
         cfg = replace(cfg, ref_steps=a.ref_steps)
     if a.seeds is not None:
@@ -681,7 +723,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID` stops the workers as well
-    study = Study(out, cfg)
+    study = Study(out, cfg, shlex.split(a.launch) if a.launch else None)
     study.prepare()
     if a.report_only:
         study.load_finished()

@@ -162,9 +162,9 @@ def training_arguments(recipe: Recipe):
     # process group and accelerate's state must be set up by hand (growth/distributed.py).
     ds_config = kwargs.get("deepspeed") or (os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
                                             if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None)
-    from .distributed import cpu_distributed_shim
+    from .distributed import cpu_distributed_shim, fsdp_requested
 
-    if cpu_distributed_shim(deepspeed=bool(ds_config)):
+    if cpu_distributed_shim(deepspeed=bool(ds_config), fsdp=fsdp_requested(kwargs)):
         kwargs["deepspeed"] = ds_config
         kwargs["accelerator_config"] = {**(kwargs.get("accelerator_config") or {}), "use_configured_state": True}
     try:

@@ -47,6 +47,49 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
+def check_backend_engaged(trainer: Trainer) -> None:
+    """Raise, naming it, when the distributed backend the run asked for is not the one running.
+
+    Called once the Trainer has prepared the model. The traps it catches are silent otherwise:
+    FSDP on a machine without GPU became plain DDP (accelerate drops the FSDP plugin for
+    MULTI_CPU), a DeepSpeed config left the model unwrapped, several processes trained alone."""
+    from .distributed import fsdp_requested
+
+    args = trainer.args
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = max(world, torch.distributed.get_world_size())
+    wrapped = trainer.model_wrapped
+    while hasattr(wrapped, "_orig_mod"):  # torch.compile's wrapper
+        wrapped = wrapped._orig_mod
+    state = trainer.accelerator.state
+    if world > 1 and args.world_size != world:
+        raise RuntimeError(f"{world} processes were launched but the Trainer sees {args.world_size} "
+                           f"(accelerate: {state.distributed_type}): each rank would train alone; on a machine "
+                           "without GPU pass --use_cpu true (DeepSpeed / FSDP: run through scripts/train.py)")
+    if fsdp_requested({"fsdp": args.fsdp}):
+        if not trainer.is_fsdp_enabled:
+            raise RuntimeError(f"FSDP was requested (accelerate config or --fsdp) but the Trainer runs {state.distributed_type} "
+                               "without it; on a machine without GPU start the run through scripts/train.py "
+                               "(growth.distributed.cpu_distributed_shim)")
+        if state.fsdp_plugin.fsdp_version == 2:
+            from .fsdp import unsharded_parameters
+
+            plain = unsharded_parameters(trainer.model)
+            if plain:
+                raise RuntimeError(f"FSDP2 was requested but {len(plain)} parameters are not sharded DTensors "
+                                   f"(e.g. {plain[0]}): fully_shard did not engage")
+    elif args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        if not trainer.is_deepspeed_enabled or not any(c.__name__ == "DeepSpeedEngine" for c in type(wrapped).__mro__):
+            raise RuntimeError(f"DeepSpeed was requested but the model is wrapped in {type(wrapped).__name__}, not a "
+                               f"DeepSpeed engine (accelerate: {state.distributed_type})")
+    elif world > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) \
+            and not getattr(trainer, "is_distributed_loading_by_transformers", False):
+        raise RuntimeError(f"{world} processes were launched but the model is not wrapped in DDP ({type(wrapped).__name__}, "
+                           f"accelerate: {state.distributed_type}, {args.world_size} process(es)): each rank would train "
+                           "alone; on a machine without GPU pass --use_cpu true")
+
+
 class GrowingTrainerMixin:
     """Mixed into the trainer's own class by ``enable_growth``; see the module docstring."""
 
@@ -121,6 +164,23 @@ class GrowingTrainerMixin:
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs):
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, self.model_wrapped, *args, **kwargs)
 
+    def _prepare_for_training(self, *args, **kwargs):
+        model, train_dataloader = super()._prepare_for_training(*args, **kwargs)
+        check_backend_engaged(self)
+        return model, train_dataloader
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            # With a sharded state-dict type the Trainer writes nothing here (its checkpoints hold the
+            # shards). A checkpoint still gets the config (its depth); a final model must load with
+            # from_pretrained: gather it (a collective: every rank takes part).
+            if not _internal_call:
+                self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            elif self.args.should_save:
+                self.model.config.save_pretrained(output_dir)
+            return
+        super().save_model(output_dir, _internal_call)
+
     def log(self, logs, *args, **kwargs):
         # Added here, before the callbacks run, so wandb / TensorBoard / metrics.jsonl all see them.
         if self.growth_steps is not None and self.state.global_step is not None:
@@ -168,6 +228,12 @@ class GrowingTrainerMixin:
             from .deepspeed import grow_engine
 
             mapping = grow_engine(self, depth)
+        elif self.is_fsdp_enabled:  # FSDP2 grows in place: same model, optimizer and scheduler objects
+            from .fsdp import grow_fsdp
+
+            g = self.growth_config
+            mapping = grow_fsdp(self.model, depth, self.optimizer, operator=g.operator, init=g.init, beta=g.beta,
+                                block=g.block, optimizer_state=g.optimizer_state)
         else:
             mapping = self._grow_model(depth, self.optimizer)
             if self.model_wrapped is not self.model:  # DDP registered its hooks on the old parameters

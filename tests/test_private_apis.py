@@ -116,3 +116,38 @@ def test_deepspeed_local_growth_internals():
         assert attr in inspect.getsource(DeepSpeedZeroOptimizer), f"ZeRO-1/2 optimizer attribute {attr} is gone"
     for attr in ("self.bf16_groups", "self.bf16_groups_flat"):
         assert attr in inspect.getsource(BF16_Optimizer), f"BF16_Optimizer attribute {attr} is gone"
+
+
+def test_fsdp2_growth_internals():
+    """growth/fsdp.py reads a unit's FSDP2 settings from its state and reruns the root's lazy init;
+    growth/distributed.py relabels the CPU state so that accelerate takes its FSDP branch; the
+    Trainer writes no model file for a sharded state dict (growth/trainer.py gathers the final one)."""
+    from accelerate.state import AcceleratorState
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group, _fsdp_state
+    from transformers import Trainer
+
+    assert hasattr(FSDPModule, "_get_fsdp_state") and hasattr(FSDPModule, "reshard"), "FSDPModule API changed"
+    assert "__mro__" in inspect.getsource(FSDPModule.__new__), "FSDPModule no longer builds its original class"
+    state = inspect.getsource(_fsdp_state.FSDPState.__init__)
+    for attr in ("self._fsdp_param_groups", "self._is_root", "self._state_ctx", "self._states_to_forward_prefetch",
+                 "self._states_to_backward_prefetch", "self._auto_reshard_after_forward"):
+        assert attr in state, f"FSDPState.{attr} is gone"
+    lazy = inspect.getsource(_fsdp_state.FSDPState._lazy_init)
+    assert "if self._is_root is not None" in lazy and "self._state_ctx.all_states.append" in lazy, \
+        "FSDPState._lazy_init changed (growth reruns it to add new units)"
+    assert "self.all_states" in inspect.getsource(_fsdp_state.FSDPStateContext.__init__)
+    group = inspect.getsource(_fsdp_param_group.FSDPParamGroup.__init__)
+    for attr in ("self.mesh_info", "self.post_forward_mesh_info", "self.mp_policy", "self.offload_policy",
+                 "self._module_fqn"):
+        assert attr in group, f"FSDPParamGroup.{attr} is gone"
+    assert "Lazy init should be idempotent" in inspect.getsource(_fsdp_param_group.FSDPParamGroup.lazy_init)
+    param = inspect.getsource(_fsdp_param.FSDPParam)
+    assert "self.fsdp_placement" in param and "self.sharded_param" in param and "def reset_sharded_param" in param
+    # accelerate enables FSDP only for device-backed multi-process types (not MULTI_CPU)
+    acc = inspect.getsource(AcceleratorState.__init__)
+    assert "DistributedType.MULTI_GPU," in acc and "self.distributed_type = DistributedType.FSDP" in acc, \
+        "AcceleratorState's FSDP branch changed: revisit growth.distributed.cpu_distributed_shim(fsdp=True)"
+    save = inspect.getsource(Trainer.save_model)
+    assert 'if "FULL_STATE_DICT" in str(self.accelerator.state.fsdp_plugin.state_dict_type)' in save, \
+        "Trainer.save_model's FSDP branch changed (GrowingTrainerMixin.save_model)"
