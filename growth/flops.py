@@ -60,50 +60,30 @@ class _Dims:
 
 
 def _dims(config) -> _Dims:
+    # Every family's config answers hidden_size / num_hidden_layers / num_attention_heads (GPT-2's
+    # through its attribute_map to n_embd / n_layer / n_head); they differ in the MLP and GQA.
     family = getattr(config, "model_type", None)
+    if family not in ("gpt2", "gpt_neox", *_GATED_MLP_FAMILIES):
+        raise ValueError(
+            f"config.model_type: {family!r} is not supported; supported families are "
+            f"{', '.join(SUPPORTED_FAMILIES)}"
+        )
+    hidden, num_heads = config.hidden_size, config.num_attention_heads
     if family == "gpt2":
-        hidden = config.n_embd
-        return _Dims(
-            hidden=hidden,
-            num_layers=config.n_layer,
-            num_heads=config.n_head,
-            num_kv_heads=config.n_head,
-            head_dim=hidden // config.n_head,
-            intermediate=config.n_inner if config.n_inner is not None else 4 * hidden,
-            mlp_matrices=2,
-            vocab=config.vocab_size,
-        )
-    if family == "gpt_neox":
-        hidden = config.hidden_size
-        return _Dims(
-            hidden=hidden,
-            num_layers=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_attention_heads,
-            head_dim=hidden // config.num_attention_heads,
-            intermediate=config.intermediate_size,
-            mlp_matrices=2,
-            vocab=config.vocab_size,
-        )
-    if family in _GATED_MLP_FAMILIES:
-        hidden = config.hidden_size
-        num_heads = config.num_attention_heads
-        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        intermediate = config.n_inner if config.n_inner is not None else 4 * hidden
+    else:
+        intermediate = config.intermediate_size
+    gated = family in _GATED_MLP_FAMILIES
+    return _Dims(
+        hidden=hidden,
+        num_layers=config.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=(getattr(config, "num_key_value_heads", None) or num_heads) if gated else num_heads,
         # qwen3 (and llama/mistral when set) carry head_dim, which may differ from hidden / heads.
-        head_dim = getattr(config, "head_dim", None) or hidden // num_heads
-        return _Dims(
-            hidden=hidden,
-            num_layers=config.num_hidden_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            intermediate=config.intermediate_size,
-            mlp_matrices=3,
-            vocab=config.vocab_size,
-        )
-    raise ValueError(
-        f"config.model_type: {family!r} is not supported; supported families are "
-        f"{', '.join(SUPPORTED_FAMILIES)}"
+        head_dim=(getattr(config, "head_dim", None) or hidden // num_heads) if gated else hidden // num_heads,
+        intermediate=intermediate,
+        mlp_matrices=3 if gated else 2,
+        vocab=config.vocab_size,
     )
 
 
