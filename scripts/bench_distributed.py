@@ -1,4 +1,4 @@
-"""Benchmark growth inside one HF Trainer run, per distributed backend (single, DDP, ZeRO-1/2/3).
+"""Benchmark growth inside one HF Trainer run, per distributed backend (single, DDP, ZeRO-1/2/3, FSDP2).
 
 Two ratios per backend, all numbers from one run of this script:
 
@@ -11,7 +11,7 @@ Two ratios per backend, all numbers from one run of this script:
 
 Per backend, the driver launches this script in worker mode: plain python for ``single``,
 ``accelerate launch`` with 2 processes and ``recipes/accelerate/<backend>.yaml`` otherwise (on CPU:
-gloo, and ``growth.distributed.cpu_distributed_shim`` for DeepSpeed). The worker runs the phases
+gloo, and ``growth.distributed.cpu_distributed_shim`` for DeepSpeed and FSDP2). The worker runs the phases
 grown, fresh, fresh, grown, ... (``--repeats`` pairs in ABBA order, so that a drift of the
 machine's load over the run hits both sides alike) and times each optimizer step from
 ``on_step_begin`` to ``on_step_end`` (forward, backward, clipping, optimizer step; the growth runs
@@ -26,6 +26,7 @@ printed as the noise: a shortfall smaller than it is reported as UNRESOLVED rath
   ``growth/deepspeed.py``: ``local`` (slice-local copies; the default) and ``gather`` (the old
   ``safe_get_full_*`` / ``safe_set_full_*`` path); target under ZeRO-3: 0 bytes for the block
   copies; ZeRO-1/2: at most about the rank's new partition (master + moments), not the full model.
+  FSDP2 (``fsdp2``, growth/fsdp.py: local shard copies in place): target 0 bytes for the whole event.
 * memory (``--rss``): three growth events under the backend, then the process RSS against a fresh
   engine of the final depth started in its own processes; target within 5%.
 
@@ -38,6 +39,7 @@ process; about 3 minutes on 2 idle cores, more when the machine is shared):
     python scripts/bench_distributed.py --backends zero3 --steps 20 --repeats 4
     python scripts/bench_distributed.py --backends zero1,zero2,zero3 --num-processes 4 --copy gather,local --repeats 1
     python scripts/bench_distributed.py --backends zero1,zero2,zero3 --rss --hidden 512 --vocab 4096
+    python scripts/bench_distributed.py --backends fsdp2 --num-processes 2,4 --repeats 1
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ("single", "ddp", "zero1", "zero2", "zero3")
+BACKENDS = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp2")
 THROUGHPUT_TARGET = 0.98
 
 
@@ -132,7 +134,8 @@ def worker(args) -> None:
 
     backend = args.worker
     ds_config = os.path.join(REPO, "recipes", "accelerate", f"ds_{backend}.json") if backend.startswith("zero") else None
-    cpu_distributed_shim(deepspeed=ds_config is not None)
+    fsdp = backend == "fsdp2"  # recipes/accelerate/fsdp2.yaml through the launcher
+    cpu_distributed_shim(deepspeed=ds_config is not None, fsdp=fsdp)
     world = int(os.environ.get("WORLD_SIZE", 1))
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -165,7 +168,9 @@ def worker(args) -> None:
         return sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
 
     def partition_numel(trainer) -> int:
-        """Elements of this rank's fp32 master partitions (ZeRO), else of the whole model."""
+        """Elements of this rank's fp32 master partitions (ZeRO) or shards (FSDP2), else of the whole model."""
+        if fsdp:
+            return sum(p.to_local().numel() for p in trainer.model.parameters())
         opt = getattr(trainer.model_wrapped, "optimizer", None)
         if ds_config and opt is not None:
             from growth.deepspeed import flat_partitions
@@ -186,7 +191,7 @@ def worker(args) -> None:
             per_device_train_batch_size=args.batch // world,
             learning_rate=1e-3, warmup_steps=1, logging_steps=10**6, save_strategy="no", report_to=[], disable_tqdm=True,
             seed=0, use_cpu=not cuda, deepspeed=ds_config, dataloader_drop_last=True,
-            accelerator_config={"use_configured_state": True} if ds_config and not cuda else None)
+            accelerator_config={"use_configured_state": True} if (ds_config or fsdp) and not cuda else None)
         # Built after TrainingArguments, like the model a growth builds: partitioned by zero.Init under ZeRO-3.
         torch.manual_seed(0)
         cfg = ModelConfig(family="llama", hidden_size=args.hidden, num_layers=depth, num_heads=args.heads,
@@ -401,6 +406,8 @@ def bytes_verdict(backend: str, copy: str, b: dict) -> tuple[str | None, str]:
     """(target, status) for the copy phase's bytes of one growth event."""
     copy_received = b["by_phase_received_max"].get("copy", 0)
     copy_sent = b["by_phase_sent_max"].get("copy", 0)
+    if backend == "fsdp2":  # in place, local shard copies: nothing crosses ranks in the whole event
+        return "0 bytes", "PASS" if b["received_max"] == 0 and b["sent_max"] == 0 else "FAIL"
     if copy != "local" or not backend.startswith("zero"):
         return None, "INFO"
     if backend == "zero3":
@@ -484,7 +491,7 @@ def main(argv=None) -> None:
             results.append({"metric": f"{name}: growth event seconds", "value": float(b["growth_seconds"]), "target": None,
                             "status": "INFO", "noise": None, "note": "CPU, gloo; one event"})
     print("target: ZeRO-3 local: 0 bytes in the copy phase; ZeRO-1/2 local: at most the rank's new partition (fp32 master "
-          "+ 2 moments); gather: the old path, for comparison.")
+          "+ 2 moments); FSDP2: 0 bytes in the whole event (partition: this rank's shards); gather: the old path, for comparison.")
     for r in rows:
         name = f"{r['backend']} x{r['world_size']}"
         status = {"PASS": "PASS", "FAIL": "FAIL", "UNRESOLVED": "NOISE"}[r["verdict"]]
