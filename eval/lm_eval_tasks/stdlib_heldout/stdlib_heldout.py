@@ -19,8 +19,10 @@ DATA = HERE / "stdlib_heldout.jsonl"
 
 
 def load(**kwargs) -> datasets.DatasetDict:
-    """lm-eval's `custom_dataset`: the shipped documents as the test split."""
-    return datasets.DatasetDict({"test": datasets.load_dataset("json", data_files=str(DATA), split="train")})
+    """lm-eval's `custom_dataset`: the shipped documents as the test split (in memory: 34 KB, and
+    nothing is written to the datasets cache)."""
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def generate(n_docs: int | None = None, max_chars: int = 1500, min_chars: int = 600, fraction: float = 0.05) -> None:
