@@ -336,14 +336,39 @@ def _copy_flat_local(old_opt, new_opt, pairs, keys) -> None:
         p.data.copy_(q.data * factor if factor != 1.0 else q.data)
 
 
+def _holds_tensors(value, depth: int = 0) -> bool:
+    if torch.is_tensor(value):
+        return True
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v, depth + 1) for v in value)
+    if depth < 3 and isinstance(value, dict):
+        return any(_holds_tensors(v, depth + 1) for v in value.values())
+    return False
+
+
 def _release(engine) -> None:
     """Free the old engine's memory. The Trainer's loop still holds the old engine in a local
-    variable (and calls its zero_grad), so the object stays, emptied."""
+    variable (and calls its zero_grad), so the object stays, emptied. Its optimizer stays reachable
+    too, from the old parameters (ZeRO-3 ``_z3_optimizer``; ZeRO-1/2 ``_hp_mapping``, views into the
+    fp32 partitions and moments): without dropping those links and the optimizer's own tensors,
+    the old engine's whole state outlives the event (measured: tests/test_zero_growth.py)."""
+    opt = engine.optimizer
     engine.destroy()
     for p in engine.module.parameters():
         p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         if hasattr(p, "ds_tensor"):
             p.ds_tensor = torch.empty(0, dtype=p.dtype, device=p.device)
+        for link in ("_hp_mapping", "_z3_optimizer"):
+            if hasattr(p, link):
+                setattr(p, link, None)
+    if opt is not None:
+        basic = getattr(opt, "optimizer", None)
+        if isinstance(basic, torch.optim.Optimizer):
+            basic.state.clear()
+            basic.param_groups = []
+        for name, value in list(vars(opt).items()):  # flat buffers, partitions, gradient buffers
+            if _holds_tensors(value):
+                setattr(opt, name, type(value)() if isinstance(value, (list, dict)) else None)
     engine.optimizer = None
     engine.lr_scheduler = None
 

@@ -50,10 +50,12 @@ from .data import DataConfig, TokenizerConfig
 from .families import SUPPORTED as SUPPORTED_FAMILIES
 from .models import ModelConfig
 from .operators import make_mapping
+from .safety import SafetyConfig
 
-TOP_LEVEL = ("name", "label", "seed", "baseline", "tags", "lr_decay_share", "model", "data", "tokenizer", "growth", "training")
+TOP_LEVEL = ("name", "label", "seed", "baseline", "tags", "lr_decay_share", "model", "data", "tokenizer", "growth", "safety", "training")
 WSD = "warmup_stable_decay"
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "growth": GrowthConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "growth": GrowthConfig,
+            "safety": SafetyConfig}
 NOT_INHERITED = ("name", "label")
 # TrainingArguments fields a recipe does not set in `training`: the recipe's own field, or an option
 # of a single invocation (it would otherwise be saved into recipe.yaml and replayed).
@@ -78,6 +80,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(train_bpe=True))
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -92,6 +95,7 @@ class Recipe:
             **({"lr_decay_share": self.lr_decay_share} if self.lr_decay_share is not None else {}),
             "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
             "tokenizer": dataclasses.asdict(self.tokenizer), "growth": self.growth.to_dict(),
+            "safety": dataclasses.asdict(self.safety),
             "training": dict(self.training),
         }
 
@@ -131,6 +135,20 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+def _mapping_without_duplicates(loader, node, deep=False):
+    """YAML keeps the last of two equal keys; in a recipe that silently drops a whole block."""
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 # YAML 1.1 reads 1e-3 as a string (its floats need a dot); recipes mean a number.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -152,9 +170,15 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"{where}: file {str(path)!r} does not exist")
     try:
         d = parse_yaml(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"recipe {path.name}: not valid YAML: {e}") from None
-    d = {} if d is None else d
+    except yaml.YAMLError as e:  # one line: where, and what
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ValueError(f"recipe {path.name}: {where}not valid YAML: {what}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe {path.name}: not a text file") from None
+    if d is None:
+        raise ValueError(f"recipe {path.name}: the file is empty (a recipe sets at least one field, or a base)")
     if not isinstance(d, dict):
         raise ValueError(f"recipe {path.name}: expected a mapping at the top, got {type(d).__name__}")
     base = d.pop("base", None)
@@ -415,6 +439,8 @@ def _build(d: dict) -> Recipe:
             check_type(key, d[key], top[key])
     for i, tag in enumerate(d.get("tags") or []):
         check_type(f"tags[{i}]", tag, str)
+    if "seed" in d and not 0 <= d["seed"] < 2**32:  # numpy's range; set_seed fails late otherwise
+        raise ValueError(f"seed: must be in [0, 2**32), got {d['seed']}")
     if not d["name"].strip():
         raise ValueError(f"name: must be a non-empty string, got {d['name']!r}")
 
@@ -445,6 +471,9 @@ def _build_section(section: str, cls, values):
         family = values["family"]
         raise ValueError(f"model.family: unsupported family {family!r}; supported: {SUPPORTED_FAMILIES}"
                          f"{_did_you_mean(family, SUPPORTED_FAMILIES.split(', '))}")
+    if section == "growth" and values.get("beta", 1.0) != 1.0 and values.get("init", "copy") != "scaled_copy":
+        raise ValueError(f"growth.beta: {values['beta']} is only used by growth.init scaled_copy, "
+                         f"got init {values.get('init', 'copy')!r}")
     if section == "tokenizer" and "train_bpe" not in values:
         # Naming a tokenizer means: use it; naming none means: train one (the tiny default).
         values = {**values, "train_bpe": values.get("name_or_path") is None}
@@ -472,6 +501,31 @@ def _check_training(training) -> None:
     max_steps = training.get("max_steps", -1)
     if max_steps == 0 or max_steps < -1:
         raise ValueError(f"training.max_steps: must be positive (or -1 to train num_train_epochs), got {max_steps}")
+    _check_training_numbers(training)
+
+
+# TrainingArguments accepts these out of range and fails (or trains wrongly) only once data and model exist.
+_POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+             "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "adam_epsilon")
+_NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm",
+                 "dataloader_num_workers", "eval_accumulation_steps", "label_smoothing_factor")
+_UNIT = ("adam_beta1", "adam_beta2")  # in [0, 1)
+
+
+def _check_training_numbers(training: dict) -> None:
+    for key, value in training.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"training.{key}: must be a finite number, got {value}")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key in _POSITIVE and value <= 0:
+            raise ValueError(f"training.{key}: must be positive, got {value}")
+        if key in _NON_NEGATIVE and value < 0:
+            raise ValueError(f"training.{key}: must be >= 0, got {value}")
+        if key in _UNIT and not 0 <= value < 1:
+            raise ValueError(f"training.{key}: must be in [0, 1), got {value}")
+        if key == "data_seed" and not 0 <= value < 2**32:
+            raise ValueError(f"training.data_seed: must be in [0, 2**32), got {value}")
 
 
 def _check_lr_schedule(r: Recipe) -> None:

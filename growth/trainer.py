@@ -21,12 +21,13 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import rotate_checkpoints
 
 from .config import GrowthConfig
 from .flops import cumulative_training_flops, training_flops_per_token
 from .grow import current_depth, grow, plan
 from .schedule import GrowthSchedule
+from .safety import STAGING, any_rank, nonfinite_parameters, prepare_staging, publish_checkpoint
 from .surgery import build_grown
 
 METRICS_FILE = "metrics.jsonl"
@@ -127,10 +128,10 @@ class GrowingTrainerMixin:
 
     # --- Trainer overrides --------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint: no checkpoint found in output_dir {self.args.output_dir}")
+        if resume_from_checkpoint is True:  # the newest *complete* one (growth/safety.py)
+            from .safety import resolve_checkpoint
+
+            resume_from_checkpoint = str(resolve_checkpoint(True, self.args.output_dir)[0])
         self._resolve_growth_schedule()
         self._data_resume_step = 0
         if resume_from_checkpoint:
@@ -153,7 +154,51 @@ class GrowingTrainerMixin:
         return make(self.args, self.accelerator, self.data_collator, getattr(self, "_data_resume_step", 0))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        return super().training_step(self.model_wrapped, inputs, num_items_in_batch)
+        loss = super().training_step(self.model_wrapped, inputs, num_items_in_batch)
+        # Kept as a tensor (no device sync here); safety.RunGuard reads it once per optimizer step.
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
+        return loss
+
+    _nonfinite_loss = None
+
+    def take_nonfinite_loss(self) -> bool:
+        """Whether a micro-step since the last call had a non-finite loss (this process)."""
+        bad, self._nonfinite_loss = self._nonfinite_loss, None
+        return bool(bad) if bad is not None else False
+
+    # --- checkpoints: written under output_dir/.staging, renamed into place when complete ------
+    _staging = False
+    checkpoint_files: dict = {}  # extra files written into each checkpoint (name -> text), e.g. the recipe
+
+    def _get_output_dir(self, trial):
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial):
+        run_dir, name = super()._get_output_dir(trial), f"checkpoint-{self.state.global_step}"
+        bad = nonfinite_parameters(self.model)
+        if any_rank(bool(bad), self.args.device):  # a broken model must not rotate out a good checkpoint
+            if self.is_world_process_zero():
+                _say(f"[safety] step {self.state.global_step}: {name} not saved: non-finite weights {', '.join(bad)}")
+            return
+        staged, final = os.path.join(run_dir, STAGING, name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            prepare_staging(run_dir, name)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)  # its rotation sees only .staging: done below instead
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank's files (DeepSpeed shards, RNG states) are written
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            publish_checkpoint(staged, final, self.checkpoint_files)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
 
     def _clip_grad_norm(self, model):
         return super()._clip_grad_norm(self.model_wrapped)

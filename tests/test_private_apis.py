@@ -151,3 +151,19 @@ def test_fsdp2_growth_internals():
     save = inspect.getsource(Trainer.save_model)
     assert 'if "FULL_STATE_DICT" in str(self.accelerator.state.fsdp_plugin.state_dict_type)' in save, \
         "Trainer.save_model's FSDP branch changed (GrowingTrainerMixin.save_model)"
+
+
+def test_trainer_checkpoint_internals():
+    """growth/trainer.py writes checkpoints under output_dir/.staging by overriding _get_output_dir
+    around _save_checkpoint, renames them when complete and rotates them itself; the loading of a
+    resumed checkpoint must happen before on_train_begin (growth/safety.py writes records there)."""
+    from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    assert _params(Trainer._save_checkpoint) == ["self", "model", "trial"]
+    assert _params(Trainer._get_output_dir) == ["self", "trial"]
+    src = inspect.getsource(Trainer._save_checkpoint)
+    assert "self._get_output_dir(trial=trial)" in src and "rotate_checkpoints(" in src, "Trainer._save_checkpoint changed"
+    assert _params(rotate_checkpoints)[:3] == ["output_dir", "save_total_limit", "best_model_checkpoint"]
+    loop = inspect.getsource(Trainer._inner_training_loop)
+    assert loop.index("self._prepare_for_training(") < loop.index("on_train_begin"), "checkpoint loading moved after on_train_begin"

@@ -91,19 +91,18 @@ def test_existing_output_dir_is_never_overwritten_silently(trained, capsys):
 
 
 def test_output_dir_rules(tmp_path):
-    assert check_output_dir(tmp_path / "new", RunOptions()) is None
+    assert check_output_dir(tmp_path / "new", RunOptions()) == (None, [])
     (tmp_path / "empty").mkdir()
-    assert check_output_dir(tmp_path / "empty", RunOptions()) is None
+    assert check_output_dir(tmp_path / "empty", RunOptions()) == (None, [])
     out = tmp_path / "old"
     (out / "checkpoint-5").mkdir(parents=True)
     (out / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match=r"output_dir: '.*old' is not empty \(2 entries: checkpoint-5, metrics.jsonl\)"):
         check_output_dir(out, RunOptions())
-    assert "resuming" in check_output_dir(out, RunOptions(resume_from_checkpoint=True))
-    assert (out / "checkpoint-5").exists()
-    note = check_output_dir(out, RunOptions(overwrite_output_dir=True))
-    assert "overwriting output_dir" in note and "removed 1 old checkpoint" in note
-    assert not (out / "checkpoint-5").exists() and (out / "metrics.jsonl").exists()
+    assert "resuming" in check_output_dir(out, RunOptions(resume_from_checkpoint=True))[0]
+    note, stale = check_output_dir(out, RunOptions(overwrite_output_dir=True))
+    assert "overwriting output_dir" in note and "1 old checkpoint(s) are removed when training starts" in note
+    assert stale == [out / "checkpoint-5"] and (out / "checkpoint-5").exists()  # the check itself removes nothing
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
         check_output_dir(tmp_path / "file", RunOptions())

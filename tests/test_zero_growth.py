@@ -70,6 +70,10 @@ def test_local_copy_bit_equal_to_gather(runs, pair):
         assert_bit_equal(gather["state"], local["state"])
         assert len(local["state"]["opt"][0]) == 3  # exp_avg, exp_avg_sq, step: the moments were compared
         assert gather["loss"] == local["loss"] and local["depth"] == 4  # and the steps after it agree
+        # no leak across engine rebuilds: the old engine's masters, moments and flat buffers are freed
+        # (the Trainer's loop keeps the old engine object; before growth/deepspeed._release dropped its
+        # links, its whole state stayed alive)
+        assert gather["old_tensors_alive_bytes"] == local["old_tensors_alive_bytes"] == 0
     # the two ranks hold different slices (the comparison is per rank, not of a replica)
     assert not torch.equal(load(runs, f"{pair}:local", 0)["state"]["flat"][0], load(runs, f"{pair}:local", 1)["state"]["flat"][0])
 

@@ -11,6 +11,7 @@ OUT/<case>.rank<R>.pt, then trains 2 more steps (losses in the same file).
 import gc
 import os
 import sys
+import weakref
 
 import torch
 import transformers
@@ -57,6 +58,17 @@ def local_state(engine) -> dict:
     return state
 
 
+def flat_tensors(zero_optimizer) -> list:
+    """The big tensors of a ZeRO optimizer: fp32 master partitions, their moments, flat weight buffers."""
+    from growth.deepspeed import flat_partitions
+
+    flats = flat_partitions(zero_optimizer)
+    out = list(flats) + [v for f in flats for v in zero_optimizer.optimizer.state.get(f, {}).values() if torch.is_tensor(v)]
+    for name in ("bit16_groups_flat", "bf16_groups_flat", "fp16_partitioned_groups_flat"):
+        out += [t for t in getattr(zero_optimizer, name, []) if torch.is_tensor(t)]
+    return out
+
+
 def optimizer_steps(trainer) -> dict:
     """Adam's step per parameter name (torch optimizers: single process, DDP)."""
     opt = trainer.optimizer
@@ -98,11 +110,19 @@ def run(case: str) -> None:
     grow_now = trainer.grow_now
 
     def counted(depth):
+        old = trainer.model_wrapped
+        old_opt = weakref.ref(old.optimizer)
+        old_tensors = {id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)}
         with count_bytes(trace=bool(os.environ.get("GROWTH_COMM_TRACE"))) as c:
             event = grow_now(depth)
         result["bytes"] = c.by_phase()
         result["records"] = [r for r in c.records if r["sent"] or r["received"]]
         result["state"] = local_state(trainer.model_wrapped) if zero else optimizer_steps(trainer)
+        if zero:  # what the old engine still holds once the event is over (the Trainer's loop keeps the object)
+            gc.collect()
+            result["old_optimizer_alive"] = old_opt() is not None
+            result["old_tensors_alive_bytes"] = sum(t().numel() * t().element_size() for t in old_tensors.values()
+                                                    if t() is not None)
         return event
 
     trainer.grow_now = counted
