@@ -68,26 +68,36 @@ def _literal(script: str, name: str):
 
 
 def known_benchmarks() -> list[Bench]:
-    backends = _literal("scripts/bench_distributed.py", "BACKENDS")  # fsdp2 joins once that script knows it
+    # One run per distributed backend (fsdp2 joins once that script lists it): a crash, or the suite's
+    # budget running out, then costs one backend's numbers, not all of them.
+    backends = _literal("scripts/bench_distributed.py", "BACKENDS")
+    if not isinstance(backends, (tuple, list)) or not all(isinstance(b, str) for b in backends):
+        distributed = [Bench("distributed", "scripts/bench_distributed.py", [], "per backend: growth event over one step, "
+                             "post-growth throughput vs fresh, collective bytes")]
+    else:
+        distributed = [Bench(f"distributed_{b}", "scripts/bench_distributed.py", ["--backends", b],
+                             f"{b}: growth event over one step, grown vs fresh throughput, collective bytes") for b in backends]
     return [
         Bench("growth", "scripts/bench_growth.py", [],
               "one growth of a ~50M-parameter llama with AdamW state vs the memcpy floor; peak RSS vs a fresh model"),
         Bench("overhead", "scripts/bench_overhead.py", [],
-              "growth machinery between events vs a plain Trainer; DDP find_unused_parameters False vs True"),
-        Bench("distributed", "scripts/bench_distributed.py",
-              ["--backends", ",".join(backends)] if isinstance(backends, (tuple, list)) else [],
-              "per backend: growth event over one step, post-growth throughput vs fresh, collective bytes"),
+              "growth machinery between events vs a plain Trainer; DDP find_unused_parameters True vs False"),
         Bench("data", "scripts/bench_data.py", [], "data preparation: tokens/s and peak RSS"),
         Bench("compile", "scripts/bench_compile.py", [], "torch.compile throughput after growth"),
+        *distributed,
     ]
 
 
-def all_benchmarks() -> list[Bench]:
+def all_benchmarks(smoke: bool = False) -> list[Bench]:
     """The known benchmarks whose script exists, then any other scripts/bench_*.py."""
     known = known_benchmarks()
     found = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "bench_*.py"))}
     benches = [b for b in known if b.script in found]
     listed = {b.script for b in known}
+    if smoke:  # one smoke run per script
+        seen: set[str] = set()
+        benches = [Bench(os.path.basename(b.script)[len("bench_"):-3], b.script, [], b.what) for b in benches
+                   if not (b.script in seen or seen.add(b.script))]
     for script in sorted(found - listed):
         benches.append(Bench(os.path.basename(script)[len("bench_"):-3], script))
     return benches
@@ -96,6 +106,14 @@ def all_benchmarks() -> list[Bench]:
 def missing_known() -> list[Bench]:
     found = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "bench_*.py"))}
     return [b for b in known_benchmarks() if b.script not in found]
+
+
+def select(benches: list[Bench], names: list[str]) -> tuple[list[Bench], list[str]]:
+    """Benchmarks named, or prefixed by a name and "_" (``distributed`` selects every backend)."""
+    def hit(b, n):
+        return b.name == n or b.name.startswith(n + "_")
+
+    return [b for b in benches if any(hit(b, n) for n in names)], [n for n in names if not any(hit(b, n) for b in benches)]
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -336,6 +354,9 @@ def parse_args(argv=None):
     p.add_argument("--only", help="comma-separated benchmark names (default: all)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default 3600; smoke 300)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole suite: each benchmark may use at most what is left, and one that "
+                        "cannot start in time is recorded as not run (FAIL)")
     p.add_argument("--jobs", type=int, default=1,
                    help="benchmarks at a time; >1 only with --smoke (measurements need the machine to themselves)")
     p.add_argument("--keep", action="store_true", help="with --smoke and no --out: keep the temporary directory")
@@ -350,15 +371,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    benches = all_benchmarks()
+    benches = all_benchmarks(args.smoke)
     if args.only:
-        names = [n for n in args.only.split(",") if n]
-        unknown = [n for n in names if n not in {b.name for b in benches}]
+        chosen, unknown = select(benches, [n for n in args.only.split(",") if n])
         if unknown:
             print(f"error: --only: unknown benchmark(s) {', '.join(unknown)}; have {', '.join(b.name for b in benches)}",
                   file=sys.stderr)
             return 2
-        benches = [b for b in benches if b.name in names]
+        benches = chosen
     if args.list:
         for b in benches:
             print(f"{b.name:12s} {b.script:32s} {' '.join(b.args)}")
@@ -401,8 +421,17 @@ def main(argv=None) -> int:
 
     records: dict[str, dict] = {}
 
+    suite_start = time.perf_counter()
+
     def one(b: Bench) -> dict:
-        record = run_one(b, args.smoke, logs_dir, timeout)
+        left = None if args.budget is None else args.budget - (time.perf_counter() - suite_start)
+        if left is not None and left < 10:
+            record = {"name": b.name, "script": b.script, "what": b.what, "command": f"python {b.script}",
+                      "load_before": list(os.getloadavg()), "load_after": list(os.getloadavg()), "started": _now(),
+                      "seconds": 0.0, "returncode": None, "report": None, "status": "FAIL",
+                      "error": f"not run: the suite's --budget of {args.budget:.0f} s was spent", "output_tail": ""}
+        else:
+            record = run_one(b, args.smoke, logs_dir, timeout if left is None else min(timeout, left))
         print(f"[bench] {b.name}: {record['status']} in {record['seconds']:.0f} s"
               + (f" -- {record['error']}" if record["error"] else ""), flush=True)
         records[b.name] = record
