@@ -1,6 +1,7 @@
-"""growth/reporting.py on a real growing Trainer run, read back from offline wandb and TensorBoard files."""
+"""growth/reporting.py on a real growing Trainer run: what it hands to wandb's public Run API
+(offline mode; the rows, metric definitions, group, tags and config a real run receives) and the
+TensorBoard event files it writes."""
 
-import json
 
 import datasets
 import pytest
@@ -8,10 +9,8 @@ import torch
 import transformers
 
 from conftest import tiny_model
-from eval.compare import read_wandb_history, read_wandb_records
 from growth.reporting import attach_reporting
 from growth.trainer import enable_growth
-from test_compare import wait_for_wandb_file
 
 SCHEDULE = {"initial_depth": 2, "unit": "steps", "points": [[4, 3], [8, 4]]}
 RECIPE = {"name": "tiny_test", "label": "stack_last", "growth": {"schedule": SCHEDULE, "operator": "stack_last"}}
@@ -48,28 +47,39 @@ def wandb_env(tmp_path, monkeypatch):
     wandb.teardown()
 
 
-def _wandb_records(path):
-    from wandb.proto import wandb_internal_pb2
+def record_wandb_calls(monkeypatch) -> tuple[list[dict], list[tuple]]:
+    """(rows passed to Run.log, (name, step_metric) passed to Run.define_metric), from every caller
+    (the HF WandbCallback and growth/reporting.py), on top of the real offline run."""
+    import wandb
 
-    recs = []
-    for raw in read_wandb_records(path):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(raw)
-        recs.append(rec)
-    return recs
+    rows, defined = [], []
+    real_log, real_define = wandb.Run.log, wandb.Run.define_metric
+
+    def log(self, data, *args, **kwargs):
+        rows.append(dict(data))
+        return real_log(self, data, *args, **kwargs)
+
+    def define_metric(self, name, *args, **kwargs):
+        defined.append((name, kwargs.get("step_metric")))
+        return real_define(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "log", log)
+    monkeypatch.setattr(wandb.Run, "define_metric", define_metric)
+    return rows, defined
 
 
-def test_wandb_and_tensorboard_hold_compute_and_growth(wandb_env):
+def test_wandb_and_tensorboard_hold_compute_and_growth(wandb_env, monkeypatch):
     import wandb
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = wandb_env
+    rows, defined = record_wandb_calls(monkeypatch)
     trainer = _trainer(out, ["wandb", "tensorboard"])
     cb = attach_reporting(trainer, RECIPE, label="stack_last", tags=["family:llama", "init:copy"])
     trainer.train()
-    run_group, run_tags = wandb.run.group, set(wandb.run.tags)
+    run_group, run_tags, config = wandb.run.group, set(wandb.run.tags), dict(wandb.run.config)
+    summary_events = wandb.run.summary["growth/events"]
     wandb.finish()
-    f = wait_for_wandb_file(out)
 
     # Growth events with the loss just before and the mean loss of the next 5 training logs.
     losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
@@ -82,7 +92,6 @@ def test_wandb_and_tensorboard_hold_compute_and_growth(wandb_env):
     assert cb.events[0]["loss_before"] == pytest.approx(losses[4])
 
     # wandb: compute and depth series from the Trainer's logs, the events, the x-axis, group, tags, config.
-    rows = read_wandb_history(f)
     train = [r for r in rows if "train/loss" in r]
     # The growth at step s runs before step s is logged: the depth logged at s is the new one.
     depth = {s: 2 if s < 4 else 3 if s < 8 else 4 for s in range(1, 13)}
@@ -99,20 +108,11 @@ def test_wandb_and_tensorboard_hold_compute_and_growth(wandb_env):
     assert after == pytest.approx([cb.events[0]["loss_after"], cb.events[1]["loss_after"]])
     assert any("eval/loss" in r for r in rows)
 
-    recs = _wandb_records(f)
-    metrics = {(r.metric.glob_name or r.metric.name): r.metric.step_metric for r in recs if r.WhichOneof("record_type") == "metric"}
-    assert metrics["train/*"] == metrics["eval/*"] == metrics["growth/*"] == "train/compute/flops"
-    run_rec = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
-    assert run_rec.run_group == "stack_last" == run_group
-    assert set(run_rec.tags) == run_tags == {"stack_last", "family:llama", "init:copy"}
-    config = {}
-    for r in recs:
-        if r.WhichOneof("record_type") == "config":
-            config.update({u.key: json.loads(u.value_json) for u in r.config.update})
-        if r.WhichOneof("record_type") == "run":
-            config.update({u.key: json.loads(u.value_json) for u in r.run.config.update})
-    recipe = config["recipe"]
-    assert (recipe["value"] if set(recipe) == {"value"} else recipe) == RECIPE  # the config file form wraps values
+    assert [e["step"] for e in summary_events] == [4, 8] and summary_events[1]["loss_after_logs"] == 4
+    assert ("train/*", "train/compute/flops") in defined and ("eval/*", "train/compute/flops") in defined
+    assert ("growth/*", "train/compute/flops") in defined
+    assert run_group == "stack_last" and run_tags == {"stack_last", "family:llama", "init:copy"}
+    assert config["recipe"] == RECIPE
 
     # TensorBoard: the same scalars, at optimizer steps.
     tb = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
