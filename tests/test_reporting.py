@@ -2,7 +2,6 @@
 (offline mode; the rows, metric definitions, group, tags and config a real run receives) and the
 TensorBoard event files it writes."""
 
-
 import datasets
 import pytest
 import torch
