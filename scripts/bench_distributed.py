@@ -82,6 +82,7 @@ def parse_args(argv=None):
                         "the timed phases use the first")
     p.add_argument("--rss", action="store_true",
                    help="also: 3 growth events, then RSS against a fresh engine of the final depth (separate launches)")
+    p.add_argument("--rss-only", action="store_true", help="only the --rss measurement (no throughput / bytes phases)")
     p.add_argument("--out", help="write the numbers as JSON here (all details)")
     p.add_argument("--json", metavar="PATH", help="write the results in the scripts/bench.py convention")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, ZeRO-3 only, one repeat: checks the script works")
@@ -439,9 +440,11 @@ def main(argv=None) -> None:
                 continue
             t0 = time.perf_counter()
             try:
-                row = summarize(launch(args, backend))
-                if args.rss and backend != "single":
+                if (args.rss or args.rss_only) and backend != "single":
                     rss_rows.append(rss_row(args, backend))
+                if args.rss_only:
+                    continue
+                row = summarize(launch(args, backend))
             except RuntimeError as e:  # report it and go on with the other backends
                 print(e, file=sys.stderr, flush=True)
                 failed.append(f"{backend} x{procs}")
