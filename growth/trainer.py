@@ -14,6 +14,7 @@ checkpoint first grows the model to the checkpoint's depth, then loads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -210,7 +211,9 @@ class GrowingTrainerMixin:
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, self.model_wrapped, *args, **kwargs)
 
     def _prepare_for_training(self, *args, **kwargs):
-        model, train_dataloader = super()._prepare_for_training(*args, **kwargs)
+        with self._whole_model_compile_off():  # blocks are compiled one by one instead (growth/compile.py)
+            model, train_dataloader = super()._prepare_for_training(*args, **kwargs)
+        self._apply_block_settings()  # also reached from a DeepSpeed engine rebuild at growth
         check_backend_engaged(self)
         return model, train_dataloader
 
@@ -241,6 +244,58 @@ class GrowingTrainerMixin:
         if cached is None or cached[0] != key:
             cached = self._growth_model_size = (key, (current_depth(self.model), count_params(self.model)))
         return cached[1]
+
+    # --- torch.compile and activation checkpointing, per block, across growth (growth/compile.py) ---
+    _checkpoint_function = None  # what activation_checkpointing_enable gave the blocks, kept for new ones
+
+    def _compile_kwargs(self) -> dict | None:
+        """torch.compile's arguments from the Trainer's own flags (--torch_compile ...), None without."""
+        a = self.args
+        if not a.torch_compile:
+            return None
+        kwargs = {"backend": (a.torch_compile_backend or "inductor").lower()}
+        if a.torch_compile_mode is not None:
+            kwargs["mode"] = a.torch_compile_mode
+        return kwargs
+
+    @contextlib.contextmanager
+    def _whole_model_compile_off(self):
+        # accelerate's prepare would torch.compile the whole model (a graph unrolled over the block
+        # list, recompiled at every growth, and an OptimizedModule that re-preparing drops).
+        from accelerate.utils import DynamoBackend
+
+        plugin = self.accelerator.state.dynamo_plugin
+        saved, plugin.backend = plugin.backend, DynamoBackend.NO
+        try:
+            yield
+        finally:
+            plugin.backend = saved
+
+    def _apply_block_settings(self) -> None:
+        """Compile / checkpoint the blocks that are not (after prepare, and after each growth)."""
+        from .compile import checkpoint_blocks, checkpoint_function, compile_blocks, compiled_blocks
+
+        a = self.args
+        if a.activation_checkpointing:
+            self._checkpoint_function = self._checkpoint_function or checkpoint_function(self.model)
+            if self._checkpoint_function is None:
+                raise RuntimeError("activation_checkpointing is true but no block of the model is checkpointed "
+                                   f"({type(self.model).__name__}): it did not engage")
+            every = dict(a.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
+            checkpoint_blocks(self.model, self._checkpoint_function, every)
+        kwargs = self._compile_kwargs()
+        if kwargs is not None:
+            if a.use_cache:
+                raise ValueError("torch_compile: true with use_cache: true: the KV cache makes each block's graph "
+                                 "specific to its layer index (a compile per block); set use_cache: false for training")
+            if any(hasattr(p, "ds_id") for p in self.model.parameters()):
+                # ZeRO-3 gathers each submodule's parameters in hooks DeepSpeed marks torch.compiler.disable:
+                # every block would break its graph around each of them, i.e. run mostly eagerly.
+                raise ValueError("torch_compile: true is not supported with DeepSpeed ZeRO-3 (its parameter-gathering "
+                                 "hooks inside every block cannot be compiled); use ZeRO-1/2, DDP or FSDP2 with compile")
+            compile_blocks(self.model, **kwargs)
+            if not all(compiled_blocks(self.model)):
+                raise RuntimeError(f"torch_compile is true but blocks {compiled_blocks(self.model)} are not all compiled")
 
     # --- growth --------------------------------------------------------------------------------
     def _grow_model(self, depth: int, optimizer) -> list:
@@ -284,10 +339,12 @@ class GrowingTrainerMixin:
             if self.model_wrapped is not self.model:  # DDP registered its hooks on the old parameters
                 acc, old = self.accelerator, self.model_wrapped
                 acc._models = [m for m in acc._models if m is not old]
-                self.model_wrapped = acc.prepare_model(self.model)
+                with self._whole_model_compile_off():
+                    self.model_wrapped = acc.prepare_model(self.model)
                 # The Trainer's loop enters no_sync(old wrapper) on gradient-accumulation micro-steps:
                 # forward it to whichever wrapper is current, so accumulation still skips all-reduces.
                 old.no_sync = lambda: self.model_wrapped.no_sync()
+        self._apply_block_settings()  # new blocks: compiled and checkpointed like the others
         g = self.growth_config
         event = {"step": self.state.global_step, "from_depth": from_depth, "to_depth": depth, "operator": g.operator,
                  "init": g.init, "beta": g.beta, "optimizer_state": g.optimizer_state, "mapping": mapping,

@@ -167,3 +167,26 @@ def test_trainer_checkpoint_internals():
     assert _params(rotate_checkpoints)[:3] == ["output_dir", "save_total_limit", "best_model_checkpoint"]
     loop = inspect.getsource(Trainer._inner_training_loop)
     assert loop.index("self._prepare_for_training(") < loop.index("on_train_begin"), "checkpoint loading moved after on_train_begin"
+
+
+def test_compile_and_checkpointing_internals():
+    """growth/compile.py and the trainer's block settings (compile and checkpointing across growth)."""
+    import torch
+    from accelerate.utils import DynamoBackend, TorchDynamoPlugin
+    from torch import nn
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    # nn.Module.compile stores the compiled call here, and deepcopy (__getstate__) drops it.
+    layer = nn.Linear(2, 2)
+    layer.compile(backend="eager")
+    assert layer._compiled_call_impl is not None, "nn.Module.compile no longer sets _compiled_call_impl"
+    assert "_compiled_call_impl" not in layer.__getstate__(), "nn.Module.__getstate__ keeps _compiled_call_impl now"
+    assert hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"), "torch._dynamo.config.fail_on_recompile_limit_hit is gone"
+    # accelerate compiles in prepare_model when dynamo_plugin.backend is not NO (switched off around it).
+    assert TorchDynamoPlugin(backend="no").backend == DynamoBackend.NO
+    from accelerate import Accelerator
+
+    assert "self.state.dynamo_plugin.backend != DynamoBackend.NO" in inspect.getsource(Accelerator.prepare_model)
+    # HF checkpointing: per-layer flag and function, read by forward_with_checkpointing.
+    src = inspect.getsource(GradientCheckpointingLayer)
+    assert "self.gradient_checkpointing" in src and "self._gradient_checkpointing_func(" in src
