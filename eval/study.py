@@ -127,7 +127,7 @@ SMOKE = StudyConfig(
            "--model.max_position_embeddings", "16", "--tokenizer.vocab_size", "300", "--data.max_train_bytes", "300000",
            "--data.max_eval_tokens", "256", "--per_device_train_batch_size", "4", "--eval_steps", "0.25",
            "--logging_steps", "0.25"],
-    ref_steps=16, budgets=(0.5, 1.0), fixed_depths=(2, 4), growth=(("wsd_early_2-4", ((0.25, 4),)),),
+    ref_steps=16, budgets=(0.5, 1.0), fixed_depths=(2,), growth=(("wsd_early_2-4", ((0.25, 4),)),),
     ref_arm="wsd_early_2-4", inits=(("init_zero", "zero", 1.0),), lrs=(2e-3, 8e-3), max_extend=0, seeds=2)
 
 
@@ -536,7 +536,8 @@ class Study:
                                  "mean": mean_std(vals)[0], "std": mean_std(vals)[1],
                                  "frontier_mean": mean_std(fvals)[0], "frontier_std": mean_std(fvals)[1],
                                  **compare_to(vals, fvals)})
-        top = max(self.cfg.budgets)
+        # The largest budget with a frontier (all of them once the study is complete).
+        top = max(front) if front else max(self.cfg.budgets)
         reach = {}
         if top in front:
             target = mean_std(front[top][1])[0]
@@ -546,7 +547,8 @@ class Study:
                 x = flops_to_reach(curve, target) if curve else None
                 reach[label] = {"flops": x, "fraction_of_top_budget": x / self.budget_flops(top) if x else None}
         inits = []
-        ref_cell = next((c for c in cells if c["arm"] == self.cfg.ref_arm and c["budget"] == top), None)
+        init_budget = max(self.cfg.budgets)
+        ref_cell = next((c for c in cells if c["arm"] == self.cfg.ref_arm and c["budget"] == init_budget), None)
         for c in [ref_cell] + [c for c in cells if c["arm"].startswith("init_")]:
             if c and c["seed_losses"]:
                 vals = list(c["seed_losses"].values())
@@ -561,8 +563,10 @@ class Study:
                 "seeds": self.cfg.seeds, "cells": cells,
                 "frontier": {f"{b:g}": {"arm": l, "mean": mean_std(v)[0], "std": mean_std(v)[1], "n": len(v)}
                              for b, (l, v) in front.items()},
-                "vs_frontier": rows, "flops_to_reach_top_frontier": {"target": mean_std(front[top][1])[0] if top in front else None,
-                                                                     "arms": reach},
+                "vs_frontier": rows,
+                "flops_to_reach_top_frontier": {"budget": top, "frontier_arm": front[top][0] if top in front else None,
+                                                "target": mean_std(front[top][1])[0] if top in front else None,
+                                                "arms": reach},
                 "inits": inits, "failed": self.failed}
 
     def report(self, wall: float) -> dict:
@@ -616,8 +620,10 @@ def markdown(a: dict) -> str:
             lr = f"{c['best_lr']:g}" + (f" (edge: {c['lr_at_edge']})" if c["lr_at_edge"] else "") if c["best_lr"] else "n/a"
             L.append(f"| {b:g} | {c['flops']:.3g} | {c['arm']}{star} | {c['steps']} | {lr} | {_pm(m, s, len(vals))} | {diff} | "
                      f"{cmp['verdict'] if cmp else ''} |")
+    reach = a["flops_to_reach_top_frontier"]
+    target = f"{reach['target']:.4f} ({reach['frontier_arm']} at budget {reach['budget']:g})" if reach["target"] else "none yet"
     L += ["", "## FLOPs to reach the frontier's loss at the largest budget", "",
-          f"Target: {a['flops_to_reach_top_frontier']['target']}. From each arm's budget curve (mean final loss at each budget), "
+          f"Target: {target}. From each arm's budget curve (mean final loss at each budget), "
           "interpolated linearly in log FLOPs between budgets, never extrapolated.", "",
           "| arm | FLOPs | share of the largest budget |", "|---|---|---|"]
     for label, r in sorted(a["flops_to_reach_top_frontier"]["arms"].items()):
