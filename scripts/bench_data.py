@@ -221,6 +221,31 @@ def dataloader_wait(extra: list[str], steps: int, work: Path) -> dict:
     return {"share": sum(gaps) / total, "steps": steps, "seconds": total}
 
 
+def smoke(work: Path) -> list[dict]:
+    """The same code paths at toy sizes, in this process: preparation at 1 and 2 processes and a
+    few streaming steps of the tiny recipe on the generated corpus (not measurements)."""
+    import psutil
+
+    from growth.data import DataConfig, TokenizerConfig, build_datasets, build_tokenizer, load_documents
+
+    corpus = generate_corpus(work / "corpus", 0.0005, files=4)
+    texts = load_documents(DataConfig(source=str(corpus / "*.jsonl"), cache_dir=str(work / "c")))[0]
+    tok = build_tokenizer(TokenizerConfig(train_bpe=True, vocab_size=300, train_bytes=300_000), texts, str(work / "c"))
+    out = []
+    for n in (1, 2):
+        start = time.time()
+        train, _ = build_datasets(DataConfig(source=str(corpus / "*.jsonl"), num_proc=n, max_eval_tokens=1024,
+                                             cache_dir=str(work / f"c{n}")), tok)
+        out.append(result(f"smoke: prepared blocks, {n} processes", len(train), note=f"{time.time() - start:.1f} s"))
+    out.append(result("smoke: process tree RSS (GB)", tree_rss(os.getpid()) / 1e9))
+    wait = dataloader_wait(["--data.source", str(corpus / "*.jsonl"), "--data.streaming", "true",
+                            "--data.validation_fraction", "0", "--model.hidden_size", "32", "--tokenizer.vocab_size", "300", "--data.cache_dir",
+                            str(work / "c"), "--dataloader_num_workers", "1"], 3, work)
+    out.append(result("smoke: dataloader wait / step time, streaming", wait["share"]))
+    assert psutil and all(r["value"] > 0 for r in out[:2])
+    return out
+
+
 def result(metric, value, target=None, status="INFO", noise=None, note=""):
     return {"metric": metric, "value": float(value), "target": target, "status": status, "noise": noise, "note": note}
 
@@ -235,10 +260,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", help="write the results (scripts/bench.py convention)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a temp dir: checks the script works")
     args = p.parse_args(argv)
-    tmp = None
     if args.smoke:
-        tmp = tempfile.TemporaryDirectory()
-        args.work, args.gb, args.small_mb, args.slice_mb, args.tiny_steps = tmp.name, 0.004, 1, 2, 4
+        with tempfile.TemporaryDirectory() as tmp:
+            results = smoke(Path(tmp))
+        for r in results:
+            print(f"{r['metric']}: {r['value']:.4g} {r['note']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"name": "bench_data", "command": "python scripts/bench_data.py --smoke",
+                                                   "results": results}, indent=2))
+        print("smoke: ok")
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     load = lambda: os.getloadavg()[0]  # noqa: E731
@@ -273,8 +304,8 @@ def main(argv=None) -> int:
                        note=f"load average {', '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} cores")]
 
     sizes = [("small", small, args.small_mb), ("full", corpus, args.gb * 1000)]
-    for tag, src, mb in sizes if not args.smoke else [("small", piece, args.slice_mb)]:
-        r = bench_prepare(src, work, tok_dir, 2, f"rss-{tag}") if not args.smoke else speed[2]
+    for tag, src, mb in sizes:
+        r = bench_prepare(src, work, tok_dir, 2, f"rss-{tag}")
         print(f"[bench_data] prepare {mb:.0f} MB: peak RSS {r['peak_rss_gb']:.2f} GB, {r['tokens'] / 1e6:.0f}M tokens "
               f"in {r['prep_seconds']:.0f} s (load {load():.1f})", flush=True)
         results.append(result(f"prepare peak RSS (GB), {mb:.0f} MB corpus", r["peak_rss_gb"], f"< {RSS_TARGET_GB}",
@@ -282,23 +313,20 @@ def main(argv=None) -> int:
                               note=f"{r['tokens'] / 1e6:.0f}M tokens, {r['prep_seconds']:.0f} s, process tree"))
 
     cache = work / "cache-first-step"
-    if not args.smoke:
-        subprocess.run(["rm", "-rf", str(cache)], check=True)
-        cold = first_step(small, work, tok_dir, False, cache)  # preparation included
-        results.append(result("first step (s), prepared, cold cache", cold["seconds"],
-                              note=f"{args.small_mb} MB corpus: preparation included"))
-        warm = first_step(small, work, tok_dir, False, cache)
-        results.append(result("first step (s), prepared, cache ready", warm["seconds"], note="after scripts/prepare_data.py"))
-        print(f"[bench_data] first step, prepared: {cold['seconds']:.1f} s cold, {warm['seconds']:.1f} s cache ready",
-              flush=True)
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    cold = first_step(small, work, tok_dir, False, cache)  # preparation included
+    results.append(result("first step (s), prepared, cold cache", cold["seconds"],
+                          note=f"{args.small_mb} MB corpus: preparation included"))
+    warm = first_step(small, work, tok_dir, False, cache)
+    results.append(result("first step (s), prepared, cache ready", warm["seconds"], note="after scripts/prepare_data.py"))
+    print(f"[bench_data] first step, prepared: {cold['seconds']:.1f} s cold, {warm['seconds']:.1f} s cache ready",
+          flush=True)
     stream = first_step(corpus, work, tok_dir, True, work / "cache-stream")
     results.append(result("first step (s), streaming", stream["seconds"], note=f"{args.gb} GB corpus, 2 workers"))
     print(f"[bench_data] first step, streaming: {stream['seconds']:.1f} s", flush=True)
 
     # The final evaluation is not measured: a small eval set keeps it short.
     extra = ["--data.cache_dir", str(work / "cache-tiny"), "--data.max_eval_tokens", "2048"]
-    if args.smoke:
-        extra += ["--model.hidden_size", "32", "--data.max_train_bytes", "200000", "--tokenizer.vocab_size", "512"]
     wait = dataloader_wait(extra, args.tiny_steps, work)
     results.append(result("dataloader wait / step time, tiny recipe", wait["share"], f"< {WAIT_TARGET}",
                           "PASS" if wait["share"] < WAIT_TARGET else "FAIL", note=f"{wait['steps']} steps, prepared"))
@@ -313,8 +341,6 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"name": "bench_data", "command": " ".join(["python", "scripts/bench_data.py",
                                                                                        *(argv or sys.argv[1:])]),
                                                "results": results}, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 
