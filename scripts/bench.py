@@ -7,7 +7,7 @@
 
 Each benchmark is a script ``scripts/bench_*.py`` that accepts ``--json PATH`` (and ``--smoke``)
 and writes ``{"name", "command", "results": [{"metric", "value", "target", "status", "noise",
-"note"}]}`` with status PASS / FAIL / NOISE (missed by less than the measured noise) / INFO (no
+"note"}]}`` with status PASS / FAIL / NOISE (within the measured noise of the target) / INFO (no
 target). The known ones run in the order below with the arguments listed; any other
 ``scripts/bench_*.py`` found later runs too, with ``--json`` only. Each runs in its own process
 from an empty temporary working directory; a benchmark that crashes, times out or writes no valid
@@ -316,7 +316,9 @@ def render(doc: dict) -> str:
         f"(repeated, alternating order) and says NOISE where a miss is smaller than it.",
         "",
         "Status: **PASS** target met; **FAIL** target missed by more than the measured noise (or the benchmark "
-        "crashed: its error is shown); **NOISE** missed by less than the measured noise; **INFO** no target.",
+        "crashed: its error is shown); **NOISE** the value is within the measured noise of the target (this run "
+        "cannot tell); **INFO** no target. Noise: the spread between repeated measurements of the same thing in "
+        "the same run.",
         "",
         "| benchmark | what | status | results | seconds | load before -> after |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -141,9 +141,12 @@ def _spread(medians: list[float]) -> float | None:
 
 
 def _status(ratio: float, target: float, noise: float | None) -> str:
-    if ratio <= target:
+    """PASS / FAIL when the value is on its side of the target by more than the noise; NOISE when
+    the target lies within the noise of the value (this run cannot tell)."""
+    n = noise or 0.0
+    if ratio * (1 + n) <= target:
         return "PASS"
-    return "NOISE" if noise is not None and ratio <= target * (1 + noise) else "FAIL"
+    return "FAIL" if ratio / (1 + n) > target else "NOISE"
 
 
 def _per_call(fn, seconds: float = 0.2) -> float:
