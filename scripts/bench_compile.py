@@ -20,7 +20,7 @@ whatever the result (a benchmark); a missed target is printed as FAIL (NOISE whe
 the rounds is larger than the target). ``--json PATH`` writes the benchmark convention read by
 scripts/bench.py; ``--smoke`` runs tiny sizes with the ``eager`` backend (seconds) to check the script.
 
-Examples (the default: hidden 256, 4 -> 8 layers, batch 4 x 256 tokens, inductor; a few minutes on
+Examples (the default: hidden 256, 4 -> 8 layers, batch 4 x 128 tokens, inductor; a few minutes on
 2 busy CPU cores, most of it compiling):
     python scripts/bench_compile.py
     python scripts/bench_compile.py --device cuda --hidden 1024 --layers 8 --batch 8 --seq 1024
@@ -78,7 +78,7 @@ def grown_model(a, checkpointing: bool, compile_kwargs: dict | None, batch):
     GrowingTrainerMixin._apply_block_settings does after each growth event."""
     model, opt = make_model(a, a.layers // 2, seed=0)
     if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if compile_kwargs is not None:
         compile_blocks(model, **compile_kwargs)
     for _ in range(2):
@@ -95,7 +95,7 @@ def grown_model(a, checkpointing: bool, compile_kwargs: dict | None, batch):
 def fresh_model(a, checkpointing: bool, compile_kwargs: dict | None, batch):
     model, opt = make_model(a, a.layers, seed=1)
     if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if compile_kwargs is not None:
         compile_blocks(model, **compile_kwargs)
     for _ in range(2):  # the same two steps: optimizer state allocated, graphs compiled
@@ -165,10 +165,10 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=8, help="depth D of both models (the grown one starts at D/2)")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--seq", type=int, default=128)
     p.add_argument("--backend", default="inductor", help="torch.compile backend (the Trainer's torch_compile_backend)")
     p.add_argument("--rounds", type=int, default=4, help="timing rounds, alternating ABBA")
-    p.add_argument("--steps", type=int, default=3, help="training steps per round and model")
+    p.add_argument("--steps", type=int, default=2, help="training steps per round and model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the results here (benchmark convention)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, eager backend: checks the script, measures nothing")
