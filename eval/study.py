@@ -103,9 +103,10 @@ class StudyConfig:
     fixed_depths: tuple = (2, 4, 6, 8)
     growth: tuple = (("wsd_early_2-4-6", ((0.25, 4), (0.5, 6))), ("wsd_late_2-4-6", ((0.6, 4), (0.8, 6))),
                      ("wsd_early_2-4-8", ((0.25, 4), (0.5, 8))), ("wsd_late_2-4-8", ((0.6, 4), (0.8, 8))))
-    # Inits at the largest budget on the reference schedule; "copy" is the reference arm itself.
+    # Inits on the reference schedule at inits_budget; "copy" is the reference arm itself.
     inits: tuple = (("init_scaled_copy_b0.5", "scaled_copy", 0.5), ("init_zero", "zero", 1.0),
                     ("init_random", "random", 1.0))
+    inits_budget: float | None = None  # where the inits are compared; None: the largest budget
     lrs: tuple = (2.5e-3, 5e-3, 1e-2)
     max_extend: int = 2
     seeds: int = 3
@@ -117,6 +118,9 @@ class StudyConfig:
     def init_arms(self) -> list[Arm]:
         ref = self.arm(self.ref_arm)
         return [replace(ref, label=l, init=i, beta=b) for l, i, b in self.inits]
+
+    def init_budget(self) -> float:
+        return self.inits_budget if self.inits_budget is not None else max(self.budgets)
 
     def arm(self, label: str) -> Arm:
         return next(a for a in self.arms() + (self.init_arms() if label.startswith("init_") else []) if a.label == label)
@@ -381,9 +385,9 @@ class Study:
 
     # -- the plan, as a function of the results so far ------------------------------------------
     def cells(self) -> list[tuple[Arm, float, int]]:
-        """(arm, budget, group): the main arms at every budget (group 0), then the inits at the largest (group 1)."""
-        top = max(self.cfg.budgets)
-        return [(a, b, 0) for b in self.cfg.budgets for a in self.cfg.arms()] + [(a, top, 1) for a in self.cfg.init_arms()]
+        """(arm, budget, group): the main arms at every budget (group 0), the inits at theirs (group 1)."""
+        main = [(a, b, 0) for b in self.cfg.budgets for a in self.cfg.arms()]
+        return main + [(a, self.cfg.init_budget(), 1) for a in self.cfg.init_arms()]
 
     def loss(self, job: Job) -> float | None:
         info = self.results.get(job.name)
@@ -409,15 +413,16 @@ class Study:
 
     def ready_jobs(self) -> list[tuple[tuple, Job]]:
         # Order, so that an interrupted study has the most to show: budget by budget (smallest first), every
-        # main arm's LR sweep, then its seeds (complete cells: statistics, not single runs); the inits last.
+        # main arm's LR sweep, then its seeds (complete cells: statistics, not single runs), then the inits
+        # if this is their budget.
         ready = []
         for arm, budget, group in self.cells():
             steps = self.steps(arm, budget)
             losses, todo, final = self.sweep_state(arm, budget)
-            ready += [((group, budget, 0), Job(arm.label, budget, lr, 0, steps)) for lr in todo]
+            ready += [((budget, group, 0), Job(arm.label, budget, lr, 0, steps)) for lr in todo]
             best, _ = pick_lr(losses)
             if final and best is not None:
-                ready += [((group, budget, 1), Job(arm.label, budget, best, s, steps)) for s in range(1, self.cfg.seeds)]
+                ready += [((budget, group, 1), Job(arm.label, budget, best, s, steps)) for s in range(1, self.cfg.seeds)]
         return [(p, j) for p, j in ready if self.loss(j) is None and j.name not in self.failed]
 
     def job_overrides(self, job: Job) -> list[str]:
@@ -547,7 +552,7 @@ class Study:
                 x = flops_to_reach(curve, target) if curve else None
                 reach[label] = {"flops": x, "fraction_of_top_budget": x / self.budget_flops(top) if x else None}
         inits = []
-        init_budget = max(self.cfg.budgets)
+        init_budget = self.cfg.init_budget()
         ref_cell = next((c for c in cells if c["arm"] == self.cfg.ref_arm and c["budget"] == init_budget), None)
         for c in [ref_cell] + [c for c in cells if c["arm"].startswith("init_")]:
             if c and c["seed_losses"]:
@@ -559,7 +564,7 @@ class Study:
                 inits.append(row)
         return {"reference_flops": self.ref_flops, "reference": f"{self.cfg.ref_arm} over {self.cfg.ref_steps} steps",
                 "tokens_per_step": self.tokens_per_step, "seq_len": self.seq_len, "vocab": self.vocab,
-                "train_blocks": self.train_blocks, "budgets": list(self.cfg.budgets), "lr_grid": list(self.cfg.lrs),
+                "train_blocks": self.train_blocks, "budgets": list(self.cfg.budgets), "inits_budget": self.cfg.init_budget(), "lr_grid": list(self.cfg.lrs),
                 "seeds": self.cfg.seeds, "cells": cells,
                 "frontier": {f"{b:g}": {"arm": l, "mean": mean_std(v)[0], "std": mean_std(v)[1], "n": len(v)}
                              for b, (l, v) in front.items()},
@@ -628,7 +633,7 @@ def markdown(a: dict) -> str:
           "| arm | FLOPs | share of the largest budget |", "|---|---|---|"]
     for label, r in sorted(a["flops_to_reach_top_frontier"]["arms"].items()):
         L.append(f"| {label} | {r['flops']:.3g} | {r['fraction_of_top_budget']:.3f} |" if r["flops"] else f"| {label} | not reached | |")
-    L += ["", "## Inits at the largest budget (reference schedule, LR tuned per init)", "",
+    L += ["", f"## Inits at budget {a['inits_budget']:g} (reference schedule, LR tuned per init)", "",
           "| init | best LR | final eval loss | vs copy (diff, 2 pooled std) | verdict |", "|---|---|---|---|---|"]
     for r in a["inits"]:
         v = r.get("vs_copy")
@@ -688,7 +693,7 @@ def plot(a: dict, out: Path) -> None:
             ax.errorbar([i], [r["mean"]], yerr=[r["std"] or 0], fmt="o", capsize=4)
         ax.set_xticks(range(len(a["inits"])), [r["arm"] for r in a["inits"]], fontsize=8)
         ax.set_ylabel("final validation loss")
-        ax.set_title("Init of the new layers at the largest budget (mean ± std over seeds)", fontsize=9)
+        ax.set_title(f"Init of the new layers at budget {a['inits_budget']:g} (mean ± std over seeds)", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "inits.png", dpi=120)
@@ -710,6 +715,8 @@ def main(argv: list[str] | None = None) -> None:
                         '"accelerate launch --num_processes 8" (default: in-process workers)')
     p.add_argument("--ref_steps", type=int, default=None, help="steps of the reference run that defines budget 1 (default 2000)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm and budget at the picked LR (default 3)")
+    p.add_argument("--inits_budget", type=float, default=None,
+                   help="budget (one of the study's) at which the inits are compared (default: the largest)")
     p.add_argument("--report_only", action="store_true", help="only write study.json/md and plots from finished runs")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 budgets, 2 depths: the whole pipeline in seconds")
     a = p.parse_args(argv)
@@ -718,6 +725,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, ref_steps=a.ref_steps)
     if a.seeds is not None:
         cfg = replace(cfg, seeds=a.seeds)
+    if a.inits_budget is not None:
+        if a.inits_budget not in cfg.budgets:
+            sys.exit(f"error: --inits_budget: must be one of the budgets {list(cfg.budgets)}, got {a.inits_budget}")
+        cfg = replace(cfg, inits_budget=a.inits_budget)
     for name, v in (("--jobs", a.jobs), ("--ref_steps", cfg.ref_steps), ("--seeds", cfg.seeds)):
         if v < 1:
             sys.exit(f"error: {name}: must be at least 1, got {v}")
