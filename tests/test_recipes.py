@@ -168,7 +168,9 @@ def test_help_lists_every_field_with_its_help():
                              ("--data.block_size", "tokens per packed block"),
                              ("--tokenizer.vocab_size", "trained BPE only"),
                              ("--learning_rate", "initial learning rate"), ("--baseline", "final depth"),
-                             ("--seed", None), ("--resume_from_checkpoint", "last checkpoint")):
+                             ("--seed", None), ("--resume_from_checkpoint", "newest complete checkpoint"),
+                             ("--allow_recipe_change", "run.json records the change"),
+                             ("--safety.nonfinite_loss_steps", "non-finite training loss")):
         assert flag in text, flag
         if help_words:
             assert help_words.lower() in flat.lower(), help_words
