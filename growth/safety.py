@@ -121,7 +121,9 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     if tag is not None and not (tag.is_dir() and any(tag.iterdir())):
         return f"DeepSpeed tag {tag.name} named in 'latest' is missing or empty"
     files = weight_files(ckpt)
-    if not files and tag is None and not (ckpt / "pytorch_model.bin").exists():
+    # FSDP's sharded state dicts are directories (pytorch_model_fsdp_0/, optimizer_0/).
+    fsdp = any(p.is_dir() and p.name.startswith("pytorch_model_fsdp") for p in ckpt.iterdir())
+    if not files and tag is None and not fsdp and not (ckpt / "pytorch_model.bin").exists():
         return "no model weights (model.safetensors)"
     if (ckpt / "model.safetensors.index.json").exists():
         missing = [f.name for f in files if not f.exists()]
@@ -132,7 +134,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             safetensors_header(f)
         except (ValueError, KeyError, TypeError, OSError) as e:
             return str(e)
-    if tag is None and not (ckpt / "optimizer.pt").exists():
+    if tag is None and not fsdp and not (ckpt / "optimizer.pt").exists():
         return "optimizer.pt is missing"
     torch_files = [p for p in ckpt.iterdir() if p.suffix in (".pt", ".pth", ".bin")]
     torch_files += [p for p in tag.iterdir() if p.suffix == ".pt"] if tag is not None else []
