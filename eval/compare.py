@@ -662,10 +662,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y range of the plots (the first evals of a run dwarf the differences at the end)")
     p.add_argument("--smoke", action="store_true", help="compare synthetic runs written into a temp dir (or --out)")
     args = p.parse_args(argv)
-    if args.smoke:
+    if args.smoke and args.out is None:  # into a temporary directory, removed afterwards
         import tempfile
 
-        args.out = args.out or tempfile.mkdtemp(prefix="compare_smoke_")
+        with tempfile.TemporaryDirectory(prefix="compare_smoke_") as tmp:
+            return main([*(argv if argv is not None else sys.argv[1:]), "--out", tmp])
+    if args.smoke:
         args.run_dirs = write_smoke_runs(Path(args.out) / "runs")
     if args.out is None:
         p.error("--out is required")

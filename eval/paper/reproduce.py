@@ -276,12 +276,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kappas", type=float, nargs="+", help="condition numbers to sweep (overrides the preset)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0 .. N-1 (overrides the preset)")
     p.add_argument("--target", type=float, default=1e-3, help="relative excess loss to reach (default 1e-3)")
-    p.add_argument("--smoke", action="store_true", help="kappas 10 and 100, 2 seeds (seconds); --out defaults to a temp dir")
+    p.add_argument("--smoke", action="store_true", help="kappas 10 and 100, 2 seeds (seconds); without --out into a temp dir, removed after")
     args = p.parse_args(argv)
     if args.smoke:
         args.kappas, args.seeds = args.kappas or [10.0, 100.0], args.seeds or 2
-        args.out = args.out or Path(tempfile.mkdtemp(prefix="paper_smoke_"))
-    if args.out is None:
+    if args.out is None and not args.smoke:
         p.error("--out is required (or --smoke)")
     if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -293,6 +292,9 @@ def main(argv=None) -> dict:
 
     matplotlib.use("Agg")
     args = parse_args(argv)
+    if args.out is None:  # --smoke without --out: a temporary directory, removed afterwards
+        with tempfile.TemporaryDirectory(prefix="paper_smoke_") as tmp:
+            return main([*(argv if argv is not None else sys.argv[1:]), "--out", tmp])
     preset = QUICK if args.quick else FULL
     kappas = tuple(args.kappas) if args.kappas else preset["kappas"]
     seeds = tuple(range(args.seeds if args.seeds is not None else preset["seeds"]))
