@@ -111,8 +111,8 @@ def run(case: str) -> None:
 
     def counted(depth):
         old = trainer.model_wrapped
-        old_opt = weakref.ref(old.optimizer)
-        old_tensors = {id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)}
+        old_opt = weakref.ref(old.optimizer) if zero else None
+        old_tensors = {id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)} if zero else {}
         with count_bytes(trace=bool(os.environ.get("GROWTH_COMM_TRACE"))) as c:
             event = grow_now(depth)
         result["bytes"] = c.by_phase()
