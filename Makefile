@@ -41,5 +41,6 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Every scripts/bench_*.py, one after another (tens of minutes on 2 cores); see docs/benchmarks.md.
+# e.g. make bench BENCH_ARGS="--only growth,overhead" or BENCH_ARGS="--budget 1800"
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
