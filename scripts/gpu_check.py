@@ -1,8 +1,16 @@
-"""GPU check: one growth of a ~125M llama to ~350M inside an HF Trainer run, under ZeRO-2 and ZeRO-3, bf16.
+"""GPU check: one growth of a ~125M llama to ~350M inside an HF Trainer run, bf16, per stage:
+ZeRO-3, FSDP2, torch.compile and ZeRO-2 (in that order; ``--stages`` picks).
 
-For each ZeRO stage the driver launches this script twice, one process at a time
-(``accelerate launch --num_processes 1 --config_file recipes/accelerate/zero{2,3}.yaml``; with world
-size 1 ZeRO still builds, partitions and, at growth, rebuilds its engine), so that one run's
+* ``zero2`` / ``zero3``: ``accelerate launch --config_file recipes/accelerate/zero{2,3}.yaml``; with
+  world size 1 ZeRO still builds, partitions and, at growth, rebuilds its engine.
+* ``fsdp2``: ``accelerate launch --config_file recipes/accelerate/fsdp2.yaml`` (torch fully_shard,
+  one unit per decoder layer, bf16 MixedPrecisionPolicy); growth adds units in place
+  (growth/fsdp.py). With one GPU the mesh has one rank, so the 0-byte claim is checked on CPU
+  (tests/test_fsdp.py); here it is the CUDA path, memory and throughput that are checked.
+* ``compile``: one plain process with the Trainer's own ``torch_compile=True`` (blocks compiled
+  one by one, growth/compile.py); also reports dynamo's unique graphs and recompiles.
+
+For each stage the driver launches this script twice, one process at a time, so that one run's
 allocations cannot hide in the other's peak:
 
 * grown: llama hidden 1024, 16 heads, vocab 24576, 6 layers (126.2M parameters), trained
@@ -12,8 +20,9 @@ allocations cannot hide in the other's peak:
 
 Data are random tokens (no downloads), seq 1024, micro-batch ``--batch``. Measured per stage:
 tokens/s before growth, after growth and of the fresh model (median step time; the first
-``--warmup`` steps of each are dropped: ZeRO-3 traces its prefetch order in them), the growth
-event's seconds (synchronized), and peak GPU memory (``torch.cuda.max_memory_allocated``):
+``--warmup`` steps of each are dropped: ZeRO-3 traces its prefetch order in them, compile compiles),
+the growth event's seconds (synchronized) and bytes sent / received by this rank
+(growth/comm.py), and peak GPU memory (``torch.cuda.max_memory_allocated``):
 
 * train peak: over the training steps at 24 layers, counted from a reset right after growth
   (grown) or right before the first step (fresh); the comparison that matters (target: within 5%).
@@ -21,11 +30,13 @@ event's seconds (synchronized), and peak GPU memory (``torch.cuda.max_memory_all
 * process peak: over the whole process, engine construction included.
 
 Prints one table and writes ``--out`` (JSON). A stage whose launch fails is reported as ERROR
-with its output, and the other stage still runs. Each launch has a time limit (``--launch-timeout``).
+with its output, and the other stages still run. Each launch has a time limit (``--launch-timeout``)
+and the whole check a deadline (``--deadline``, default 450 s: under 8 minutes with start-up).
 
 On one H200 (see docs/gpu_check.md for carrying DeepSpeed and transformers there):
     python scripts/gpu_check.py --out gpu_check.json
-Smoke test on CPU (tiny llama 2 -> 4 layers, fp32, 2 processes with gloo, no memory numbers):
+Smoke test on CPU (tiny llama 2 -> 4 layers, fp32, 2 processes with gloo (compile: 1 process,
+dynamo's eager backend), no memory numbers; FSDP2 and compile, ``--stages`` adds zero3 / zero2):
     python scripts/gpu_check.py --smoke --out /tmp/gpu_check_smoke.json
 """
 
@@ -44,6 +55,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_TARGET = 1.05
+# stage: accelerate config (None: one plain process), DeepSpeed JSON
+STAGES = {
+    "zero3": ("zero3.yaml", "ds_zero3.json"),
+    "fsdp2": ("fsdp2.yaml", None),
+    "compile": (None, None),
+    "zero2": ("zero2.yaml", "ds_zero2.json"),
+}
 # name: hidden, heads, vocab, layers before -> after, seq, micro-batch, steps before / after, warmup
 SIZES = {
     "gpu": dict(hidden=1024, heads=16, vocab=24576, layers=6, target=24, seq_len=1024, batch=16,
@@ -56,16 +74,19 @@ SIZES = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (2 processes, fp32): checks the script runs end to end")
-    p.add_argument("--stages", default="2,3", help="ZeRO stages to check, comma-separated (2 and/or 3)")
+    p.add_argument("--stages", default=None,
+                   help=f"comma-separated, run in this order; default {','.join(STAGES)} (smoke: fsdp2,compile)")
+    p.add_argument("--compile-backend", default=None, help="torch_compile_backend of the compile stage (default inductor; "
+                                                          "smoke: eager, which traces without code generation)")
     for name, default in SIZES["gpu"].items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {default} (smoke: {SIZES['smoke'][name]})")
     p.add_argument("--num-processes", type=int, default=None, help="default 1 on GPU, 2 on CPU (the CPU DeepSpeed shim needs 2)")
     p.add_argument("--launch-timeout", type=int, default=240, help="seconds one launch may take before it is killed")
-    p.add_argument("--deadline", type=int, default=540,
+    p.add_argument("--deadline", type=int, default=None,
                    help="seconds for the whole check: later launches get only what is left, so the table is printed in time")
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--worker", choices=("grown", "fresh"), help=argparse.SUPPRESS)
-    p.add_argument("--stage", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name, default in SIZES["smoke" if args.smoke else "gpu"].items():
@@ -73,10 +94,16 @@ def parse_args(argv=None):
             setattr(args, name, default)
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    args.stages = [int(s) for s in str(args.stages).split(",") if s]
+    if args.stages is None:
+        args.stages = "fsdp2,compile" if args.smoke else ",".join(STAGES)  # smoke: the ZeRO stages run with --stages
+    if args.deadline is None:  # GPU: under 8 minutes in all; smoke (a shared CPU): only a guard against a hang
+        args.deadline = 1200 if args.smoke else 450
+    args.stages = [s for s in str(args.stages).split(",") if s]
     for s in args.stages:
-        if s not in (2, 3):
-            raise ValueError(f"--stages: stage {s} is not checked here; choose 2 and/or 3")
+        if s not in STAGES:
+            raise ValueError(f"--stages: unknown stage {s!r}; choose from {', '.join(STAGES)}")
+    if args.compile_backend is None:
+        args.compile_backend = "eager" if args.smoke else "inductor"
     if args.target <= args.layers:
         raise ValueError(f"--target {args.target} must be larger than --layers {args.layers}")
     for name in ("steps_before", "steps_after"):
@@ -90,6 +117,7 @@ def worker(args) -> None:
     import torch
     import transformers
 
+    from growth.comm import count_bytes
     from growth.distributed import cpu_distributed_shim
     from growth.models import ModelConfig, build_model
     from growth.trainer import enable_growth
@@ -97,8 +125,10 @@ def worker(args) -> None:
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
         raise ValueError("no GPU: run with --smoke on CPU")
-    ds_config = os.path.join(REPO, "recipes", "accelerate", f"ds_zero{args.stage}.json")
-    cpu_distributed_shim(deepspeed=True)  # does nothing with a GPU
+    ds_name = STAGES[args.stage][1]
+    ds_config = os.path.join(REPO, "recipes", "accelerate", ds_name) if ds_name else None
+    fsdp, compiled = args.stage == "fsdp2", args.stage == "compile"
+    shim = cpu_distributed_shim(deepspeed=ds_config is not None, fsdp=fsdp)  # does nothing with a GPU
     world = int(os.environ.get("WORLD_SIZE", 1))
     grow = args.worker == "grown"
     max_steps = args.steps_before + args.steps_after if grow else args.steps_after
@@ -161,7 +191,8 @@ def worker(args) -> None:
         os.path.join(os.path.dirname(args.result), "trainer"), max_steps=max_steps, per_device_train_batch_size=args.batch,
         learning_rate=3e-4, warmup_steps=2, weight_decay=0.1, logging_steps=10**6, save_strategy="no", report_to=[],
         disable_tqdm=True, seed=0, bf16=cuda, use_cpu=not cuda, deepspeed=ds_config, dataloader_drop_last=True,
-        accelerator_config=None if cuda else {"use_configured_state": True})
+        accelerator_config={"use_configured_state": True} if shim else None,
+        torch_compile=compiled, torch_compile_backend=args.compile_backend if compiled else None)
     # Built after TrainingArguments: under ZeRO-3, zero.Init partitions it at construction, as at growth.
     torch.manual_seed(0)
     cfg = ModelConfig(family="llama", hidden_size=args.hidden, num_layers=args.layers if grow else args.target,
@@ -170,22 +201,46 @@ def worker(args) -> None:
     trainer = transformers.Trainer(model=model, args=targs, train_dataset=data)
     probe = Probe()
     trainer.add_callback(probe)
+    growth_bytes = []
+    if not grow:  # the same Trainer subclass without a schedule (as a baseline run): compiled per block alike
+        enable_growth(trainer, {}, run_log=False)
     if grow:
         enable_growth(trainer, {"schedule": {"initial_depth": args.layers, "unit": "steps",
                                              "points": [[args.steps_before, args.target]]}}, run_log=False)
+        grow_now = trainer.grow_now
+
+        def counted(depth):  # bytes this rank sends / receives during the event (growth/comm.py)
+            with count_bytes() as c:
+                event = grow_now(depth)
+            growth_bytes.append({"sent": c.sent, "received": c.received, "by_phase": c.by_phase()})
+            return event
+
+        trainer.grow_now = counted
     params_start = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
     trainer.train()
     events = probe.events
     depth = trainer.model.config.num_hidden_layers
     if depth != args.target or len(events) != (1 if grow else 0):
-        raise RuntimeError(f"zero{args.stage} {args.worker}: ended at depth {depth} after {len(events)} growth(s)")
+        raise RuntimeError(f"{args.stage} {args.worker}: ended at depth {depth} after {len(events)} growth(s)")
+    extra = {}
+    if fsdp:  # every parameter a DTensor; this rank's share of the model
+        from growth.fsdp import local_numel, unsharded_parameters
+
+        extra.update(unsharded=len(unsharded_parameters(trainer.model)), local_params_end=local_numel(trainer.model))
+    if compiled:
+        from torch._dynamo.utils import counters
+
+        from growth.compile import compiled_blocks
+
+        extra.update(compiled_blocks=compiled_blocks(trainer.model), unique_graphs=counters["stats"]["unique_graphs"],
+                     recompiles=sum(counters["recompiles"].values()))  # absent key: none
 
     def tokens_per_second(first: int, last: int) -> float:
         return tokens_per_step / statistics.median(probe.seconds[s] for s in range(first, last + 1))
 
     w = args.warmup
     result = {
-        "stage": args.stage, "kind": args.worker, "world_size": world, "bf16": cuda,
+        "stage": args.stage, "kind": args.worker, "world_size": world, "bf16": cuda, "growth_bytes": growth_bytes, **extra,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "params_start": params_start, "params_end": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters()),
         "tokens_per_step": tokens_per_step, "step_seconds": probe.seconds, "memory": probe.memory,
@@ -223,21 +278,25 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def launch(args, stage: int, kind: str, cuda: bool, timeout: float) -> dict:
-    """One ``accelerate launch`` of the worker; returns rank 0's result, or {"error": output tail}."""
-    procs = args.num_processes or (1 if cuda else 2)
+def launch(args, stage: str, kind: str, cuda: bool, timeout: float) -> dict:
+    """One launch of the worker (``accelerate launch`` with the stage's config, or one plain process
+    for ``compile``); returns rank 0's result, or {"error": output tail}."""
+    config = STAGES[stage][0]
+    procs = 1 if config is None else args.num_processes or (1 if cuda else 2)
     sizes = [x for name in SIZES["gpu"] for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
     # The worker runs as a script from scripts/: put the repo on the path for `growth` (no install needed).
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     if not cuda:
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions"))
-    with tempfile.TemporaryDirectory(prefix=f"gpu_check_zero{stage}_{kind}_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"gpu_check_{stage}_{kind}_") as tmp:
         result = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               os.path.join("recipes", "accelerate", f"zero{stage}.yaml"), "--num_processes", str(procs),
-               "--main_process_port", str(_free_port()), os.path.abspath(__file__), "--worker", kind,
-               "--stage", str(stage), "--result", result, *sizes, *(["--smoke"] if args.smoke else [])]
+        worker = [os.path.abspath(__file__), "--worker", kind, "--stage", stage, "--result", result, *sizes,
+                  "--compile-backend", args.compile_backend, *(["--smoke"] if args.smoke else [])]
+        launcher = [] if config is None else [
+            "-m", "accelerate.commands.launch", "--config_file", os.path.join("recipes", "accelerate", config),
+            "--num_processes", str(procs), "--main_process_port", str(_free_port())]
+        cmd = [sys.executable, *launcher, *worker]
         start = time.perf_counter()
         log_path = os.path.join(tmp, "output.log")
         with open(log_path, "w") as log:  # a file, not a pipe: a stray rank cannot block the read
@@ -285,11 +344,29 @@ def compare(grown: dict, fresh: dict) -> dict:
     }
     if row["train_peak_ratio"] is not None:
         row["memory_pass"] = row["train_peak_ratio"] <= MEMORY_TARGET
+    event = (grown.get("growth_bytes") or [{}])[0]
+    row["growth_bytes_received"], row["growth_bytes_sent"] = event.get("received"), event.get("sent")
+    notes, checks = [f"growth rx/tx {event.get('received', 0):,}/{event.get('sent', 0):,} B"], {}
+    if "unsharded" in grown:  # fsdp2
+        checks["all_parameters_sharded"] = grown["unsharded"] == 0 and fresh["unsharded"] == 0
+        notes.append(f"DTensor params: {'all' if checks['all_parameters_sharded'] else 'NOT all'}, "
+                     f"local {grown['local_params_end'] / 1e6:.1f}M of {grown['params_end'] / 1e6:.1f}M")
+    if "compiled_blocks" in grown:  # compile
+        checks["all_blocks_compiled"] = all(grown["compiled_blocks"]) and all(fresh["compiled_blocks"])
+        notes.append(f"blocks compiled: {'all' if checks['all_blocks_compiled'] else grown['compiled_blocks']}, "
+                     f"unique graphs grown/fresh {grown['unique_graphs']}/{fresh['unique_graphs']}, "
+                     f"recompiles {grown['recompiles'] or 0}/{fresh['recompiles'] or 0}")
+        row.update(unique_graphs_grown=grown["unique_graphs"], unique_graphs_fresh=fresh["unique_graphs"],
+                   recompiles_grown=grown["recompiles"], recompiles_fresh=fresh["recompiles"])
+    row.update(checks=checks, checks_pass=all(checks.values()), notes="; ".join(notes))
     return row
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as e:  # bad input: one line, before anything is launched
+        raise SystemExit(f"error: {e}") from None
     if args.worker:
         worker(args)
         return
@@ -311,7 +388,7 @@ def main(argv=None) -> None:
                 runs[kind] = launch(args, stage, kind, cuda, min(args.launch_timeout, left))
             launches.append(runs[kind])
             status = "ERROR" if "error" in runs[kind] else "done"
-            print(f"[zero{stage} {kind}] {status} in {runs[kind]['launch_seconds']:.0f} s", file=sys.stderr, flush=True)
+            print(f"[{stage} {kind}] {status} in {runs[kind]['launch_seconds']:.0f} s", file=sys.stderr, flush=True)
             if "error" in runs[kind]:
                 print(runs[kind]["error"], file=sys.stderr, flush=True)
                 break  # without the grown run there is nothing to compare: save the time
@@ -334,17 +411,17 @@ def main(argv=None) -> None:
           f"layers {args.steps_after} steps; seq {args.seq_len}, micro-batch {args.batch}")
     print(f"{'stage':<7}{'params M':>15}{'growth s':>10}{'growth/step':>13}{'tok/s before':>14}{'tok/s after':>13}"
           f"{'tok/s fresh':>13}{'after/fresh':>13}{'train peak GiB grown/fresh':>28}{'ratio':>7}{'growth peak':>13}"
-          f"{'process peak grown/fresh':>26}")
+          f"{'process peak grown/fresh':>26}  notes")
     for r in rows:
         params = f"{r['params_before'] / 1e6:.1f}->{r['params_after'] / 1e6:.1f}"
         peaks = f"{mem(r['train_peak_grown'])}/{mem(r['train_peak_fresh'])}"
         process = f"{mem(r['process_peak_grown'])}/{mem(r['process_peak_fresh'])}"
-        print(f"zero{r['stage']:<3}{params:>15}{r['growth_seconds']:>10.2f}{r['growth_over_step']:>13.1f}"
+        print(f"{r['stage']:<7}{params:>15}{r['growth_seconds']:>10.2f}{r['growth_over_step']:>13.1f}"
               f"{r['tokens_per_second_before']:>14,.0f}{r['tokens_per_second_after']:>13,.0f}{r['tokens_per_second_fresh']:>13,.0f}"
               f"{r['throughput_ratio']:>13.3f}{peaks:>28}{num(r['train_peak_ratio'], '.3f'):>7}{mem(r['growth_peak']):>13}"
-              f"{process:>26}")
+              f"{process:>26}  {r['notes']}{'' if r['checks_pass'] else '  CHECK FAILED'}")
     for stage in errors:
-        print(f"zero{stage:<3} ERROR (its launch failed; output above)")
+        print(f"{stage:<7} ERROR (its launch failed; output above)")
     print(f"train peak: max_memory_allocated over the steps at depth {args.target} (target grown/fresh <= {MEMORY_TARGET}); "
           f"growth peak: over the growth event; total {time.perf_counter() - start:.0f} s")
     if args.out:
@@ -352,6 +429,8 @@ def main(argv=None) -> None:
             json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "stage", "result")},
                        "memory_target": MEMORY_TARGET, "results": rows, "failed_stages": errors, "launches": launches},
                       f, indent=2)
+    if errors or not all(r["checks_pass"] for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
