@@ -4,6 +4,7 @@
     python eval/sweep.py --out runs/sweep --max_steps 120 --seeds 2 --extra "--model.hidden_size 64"
     python eval/sweep.py --out runs/sweep --recipes tiny,tiny_baseline --jobs 2
     python eval/sweep.py --out runs/paper --preset paper                    # init copy / zero / random / scaled_copy(0.5, 0.9)
+    python eval/sweep.py --smoke                                            # tiny + baseline, 1 seed, 8 steps, temp dir (seconds)
 
 Each (schedule, seed) is one ``scripts/train.py`` process writing into OUT/runs/<label>-s<seed> (its
 log in OUT/logs/). Runs differ only in ``--seed`` (model init, dropout); ``--data_seed`` is fixed, so
@@ -249,7 +250,9 @@ def sweep(out: str | Path, seeds: int = 3, max_steps: int | None = None, recipes
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="sweep directory (runs/, logs/, report/, summary.*)")
+    p.add_argument("--out", help="sweep directory (runs/, logs/, report/, summary.*); required unless --smoke")
+    p.add_argument("--smoke", action="store_true",
+                   help="checks the pipeline in seconds: tiny and tiny_baseline, 1 seed, 8 steps of a width-32 model, into --out or a temp dir")
     p.add_argument("--seeds", type=int, default=3, help="seeds per schedule: 0 .. N-1")
     p.add_argument("--max_steps", type=int, default=None, help="steps of every run except the equal-FLOPs baseline (default: the recipe's)")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names under recipes/ (must include tiny)")
@@ -258,6 +261,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="default", choices=("default", "paper"),
                    help="paper: growth with init copy / zero / random / scaled_copy beta 0.5, 0.9 and the equal-FLOPs baseline")
     a = p.parse_args(argv)
+    if a.smoke:
+        import tempfile
+
+        a.out = a.out or tempfile.mkdtemp(prefix="sweep_smoke_")
+        a.seeds, a.max_steps, a.recipes, a.preset = 1, 8, "tiny,tiny_baseline", "default"
+        a.extra = (f"--model.hidden_size 32 --data.block_size 32 --model.max_position_embeddings 32 --data.max_train_bytes 200000 "
+                   f"--data.max_eval_tokens 512 --tokenizer.vocab_size 512 --per_device_train_batch_size 4 "
+                   f"--per_device_eval_batch_size 16 --save_strategy no --disable_tqdm true --report_to none "
+                   f"--data.cache_dir {os.path.join(a.out, 'cache')} {a.extra}")
+    elif not a.out:
+        p.error("--out is required (or --smoke)")
     try:
         sweep(a.out, a.seeds, a.max_steps, [r for r in a.recipes.split(",") if r], shlex.split(a.extra), a.jobs, a.preset)
     except ValueError as e:

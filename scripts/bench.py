@@ -355,7 +355,7 @@ def parse_args(argv=None):
                                  "(default: docs/ with logs under runs/bench/; with --smoke a temporary directory)")
     p.add_argument("--only", help="comma-separated benchmark names (default: all)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default 3600; smoke 300)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default 3600; smoke 600)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole suite: each benchmark may use at most what is left, and one that "
                         "cannot start in time is recorded as not run (FAIL)")
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         out_dir, logs_dir = os.path.join(ROOT, "docs"), os.path.join(ROOT, "runs", "bench")
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(logs_dir, exist_ok=True)
-    timeout = args.timeout or (300 if args.smoke else 3600)
+    timeout = args.timeout or (600 if args.smoke else 3600)
 
     doc = {"command": "python scripts/bench.py" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""),
            "smoke": args.smoke, "started": _now(), "revision": git_revision(), "machine": machine(),

@@ -115,7 +115,11 @@ def test_script_smoke(script, smoke_runs):
     bench = smoke_runs.get("scripts/bench.py", {})
     assert run is not None, f"{script} did not run: scripts/bench.py --smoke did not report it " \
                             f"(bench.py: exit {bench.get('rc')} after {bench.get('seconds', 0):.0f} s)"
-    tail = "\n".join(run["output"].strip().splitlines()[-30:])
+    lines = run["output"].strip().splitlines()
+    # A launcher's traceback ends the output; the worker's own error is earlier: show both.
+    errors = [l for l in lines if re.match(r"\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b.*:", l)][-5:]
+    tail = "\n".join(lines[-30:])
     assert run["rc"] == 0 and not run.get("error"), \
         f"`{' '.join(command(script)[1:])} --smoke` failed after {run['seconds']:.0f} s " \
-        f"(exit {run['rc']}{': ' + run['error'] if run.get('error') else ''}):\n{tail}"
+        f"(exit {run['rc']}{': ' + run['error'] if run.get('error') else ''}):\n" \
+        f"error lines:\n" + "\n".join(errors) + f"\nlast lines:\n{tail}"
