@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,15 +64,22 @@ def run_script(script: str, extra: list[str], cwd: str) -> dict:
     # In its own process group, killed whole on timeout: no launcher or worker may outlive the test.
     proc = subprocess.Popen([*command(script), "--smoke", *extra], cwd=cwd, env=smoke_env(script),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    timer = threading.Timer(TIMEOUT, os.killpg, (proc.pid, signal.SIGKILL))
+    timer.start()
     try:
-        output, rc = proc.communicate(timeout=TIMEOUT)[0], proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, rc = f"timed out after {TIMEOUT} s\n" + proc.communicate()[0], None
+        output = proc.stdout.read()
+        # wait4: the script's CPU seconds, its workers' included (less load-dependent than wall time)
+        _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    return {"rc": rc, "seconds": time.perf_counter() - t0, "output": output}
+    finally:
+        timer.cancel()
+        proc.stdout.close()
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    if rc == -signal.SIGKILL and time.perf_counter() - t0 >= TIMEOUT:
+        rc, output = None, f"timed out after {TIMEOUT} s\n" + output
+    return {"rc": rc, "seconds": time.perf_counter() - t0, "cpu": usage.ru_utime + usage.ru_stime, "output": output}
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +101,12 @@ def smoke_runs(tmp_path_factory):
     if collected.exists():  # each benchmark's own result, from bench.py's collection (written as they finish)
         for b in json.loads(collected.read_text())["benchmarks"]:
             runs[b["script"]] = {"rc": b["returncode"], "seconds": b["seconds"], "error": b["error"],
-                                 "output": b.get("output_tail", "")}
+                                 "output": b.get("output_tail", ""), "cpu": None}
     total = time.perf_counter() - t0
     print(f"\nsmoke runs ({jobs} at a time, {total:.0f} s in all; load average {os.getloadavg()[0]:.1f}):")
     for s, r in sorted(runs.items(), key=lambda kv: -kv[1]["seconds"]):
-        print(f"  {r['seconds']:6.1f} s  rc {r['rc']}  {s}")
+        cpu = "" if r.get("cpu") is None else f"{r['cpu']:6.1f} s CPU"
+        print(f"  {r['seconds']:6.1f} s wall {cpu:>12}  rc {r['rc']}  {s}")
     return runs
 
 
