@@ -57,6 +57,8 @@ def check_backend_engaged(trainer: Trainer) -> None:
     MULTI_CPU), a DeepSpeed config left the model unwrapped, several processes trained alone."""
     from .distributed import fsdp_requested
 
+    if getattr(trainer, "is_distributed_loading_by_transformers", False):
+        return  # sharded at load time (tensor / expert parallel): the model owns placement and reduction
     args = trainer.args
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -85,8 +87,7 @@ def check_backend_engaged(trainer: Trainer) -> None:
         if not trainer.is_deepspeed_enabled or not any(c.__name__ == "DeepSpeedEngine" for c in type(wrapped).__mro__):
             raise RuntimeError(f"DeepSpeed was requested but the model is wrapped in {type(wrapped).__name__}, not a "
                                f"DeepSpeed engine (accelerate: {state.distributed_type})")
-    elif world > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) \
-            and not getattr(trainer, "is_distributed_loading_by_transformers", False):
+    elif world > 1 and not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         raise RuntimeError(f"{world} processes were launched but the model is not wrapped in DDP ({type(wrapped).__name__}, "
                            f"accelerate: {state.distributed_type}, {args.world_size} process(es)): each rank would train "
                            "alone; on a machine without GPU pass --use_cpu true")
