@@ -214,7 +214,7 @@ def dataloader_wait(extra: list[str], steps: int, work: Path) -> dict:
 
     growth.trainer.enable_growth = enable
     try:
-        code = main(["--config", "recipes/tiny.yaml", "--max_steps", str(steps), "--eval_strategy", "no",
+        code = main(["--config", str(ROOT / "recipes" / "tiny.yaml"), "--max_steps", str(steps), "--eval_strategy", "no",
                      "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps",
                      str(steps), "--output_dir", str(work / f"tiny-{time.time_ns()}"), *extra])
     finally:

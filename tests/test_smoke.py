@@ -126,7 +126,8 @@ def test_script_smoke(script, smoke_runs):
                             f"(bench.py: exit {bench.get('rc')} after {bench.get('seconds', 0):.0f} s)"
     lines = run["output"].strip().splitlines()
     # A launcher's traceback ends the output; the worker's own error is earlier: show both.
-    errors = [l for l in lines if re.match(r"\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b.*:", l)][-5:]
+    # growth.run's refusals are one "error: ..." line on stderr (exit 2), not a traceback: show those too.
+    errors = [l for l in lines if re.match(r"\s*(\[rank\d+\]:\s*)?([\w.]*(Error|Exception)\b.*:|error: )", l)][-5:]
     tail = "\n".join(lines[-30:])
     assert run["rc"] == 0 and not run.get("error"), \
         f"`{' '.join(command(script)[1:])} --smoke` failed after {run['seconds']:.0f} s " \
