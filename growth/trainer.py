@@ -27,8 +27,8 @@ from transformers.trainer_utils import rotate_checkpoints
 from .config import GrowthConfig
 from .flops import cumulative_training_flops, training_flops_per_token
 from .grow import current_depth, grow, plan
-from .schedule import GrowthSchedule
 from .safety import STAGING, any_rank, nonfinite_parameters, prepare_staging, publish_checkpoint
+from .schedule import GrowthSchedule
 from .surgery import build_grown
 
 METRICS_FILE = "metrics.jsonl"

@@ -38,7 +38,7 @@ process; about 3 minutes on 2 idle cores, more when the machine is shared):
     python scripts/bench_distributed.py --backends single,ddp,zero1,zero2,zero3 --steps 12 --out bench_distributed.json
     python scripts/bench_distributed.py --backends zero3 --steps 20 --repeats 4
     python scripts/bench_distributed.py --backends zero1,zero2,zero3 --num-processes 4 --copy gather,local --repeats 1
-    python scripts/bench_distributed.py --backends zero1,zero2,zero3 --rss --hidden 512 --vocab 4096
+    python scripts/bench_distributed.py --backends zero1,zero2,zero3 --rss-only --layers 2 --target 8 --hidden 512 --vocab 4096
     python scripts/bench_distributed.py --backends fsdp2 --num-processes 2,4 --repeats 1
 """
 
@@ -104,6 +104,9 @@ def parse_args(argv=None):
         if b not in BACKENDS:
             raise ValueError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     args.backends = backends
+    if (args.rss or args.rss_only) and not args.worker and args.target - args.layers < 3:
+        raise ValueError(f"--rss: three growth events need --target >= --layers + 3, got --layers {args.layers} "
+                         f"--target {args.target}")
     args.procs = [int(n) for n in str(args.num_processes).split(",") if n]
     args.num_processes = args.procs[0]
     if min(args.procs, default=0) < 1:
@@ -165,6 +168,8 @@ def worker(args) -> None:
             self.wall[state.global_step] = time.perf_counter() - self.start[0]
             self.cpu[state.global_step] = time.process_time() - self.start[1]
 
+    extra_callbacks = []  # added to every phase's Trainer
+
     def model_numel(trainer) -> int:
         return sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
 
@@ -200,6 +205,8 @@ def worker(args) -> None:
         model = build_model(cfg, args.vocab, bos_token_id=0, eos_token_id=1, pad_token_id=1).train()
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=data)
         timer = StepTimer()
+        for cb in extra_callbacks:
+            trainer.add_callback(cb)
         trainer.add_callback(timer)  # before GrowthCallback: a step's timer stops before that step's growth runs
         events = []
         trainer.add_callback(type("EventLog", (transformers.TrainerCallback,), {
@@ -255,11 +262,20 @@ def worker(args) -> None:
         points = [[args.grow_at * (i + 1), d] for i, d in enumerate(depths)]
         grow = args.mode == "rss-grown"
         steps_after = args.steps
+        last = points[-1][0] + steps_after if grow else steps_after
+        seen = {}
+
+        class RSS(transformers.TrainerCallback):  # at the last step, engine and optimizer alive
+            def on_step_end(self, a, state, control, **kw):
+                if state.global_step == last:
+                    gc.collect()
+                    seen["rss"] = psutil.Process().memory_info().rss
+                    seen["engines"] = sum(1 for o in gc.get_objects() if type(o).__name__ == "DeepSpeedEngine")
+
+        extra_callbacks.append(RSS())
         phase = run(args.layers if grow else final, grow, os.path.join(args.result_dir, "rss"), points=points,
-                    max_steps=points[-1][0] + steps_after if grow else steps_after)
-        gc.collect()
-        engines = sum(1 for o in gc.get_objects() if type(o).__name__ == "DeepSpeedEngine")
-        phase.update(rss=psutil.Process().memory_info().rss, engines_alive=engines, depths=depths)
+                    max_steps=last)
+        phase.update(rss=seen["rss"], engines_alive=seen["engines"], depths=depths)
         with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"backend": backend, "world_size": world, "phases": [{"grow": grow, **phase}]}, f)
         if torch.distributed.is_initialized():
@@ -504,7 +520,7 @@ def main(argv=None) -> None:
         results.append({"metric": f"{name}: growth event / grown step", "value": r["growth_over_step"], "target": None,
                         "status": "INFO", "noise": None, "note": f"event {r['growth_seconds']:.3f} s"})
     if rss_rows:
-        print("\nRSS after 3 growth events / RSS of a fresh engine of the final depth (per rank, separate launches)")
+        print("\nRSS at the last step, after 3 growth events / of a fresh engine of the final depth (per rank, separate launches)")
         for r in rss_rows:
             status = "PASS" if r["rss_ratio_max"] <= RSS_TARGET else "FAIL"
             print(f"{r['backend']:<8}{r['world_size']:>6}  depths {args.layers} -> {' -> '.join(map(str, r['depths']))}: "

@@ -1,7 +1,7 @@
 """ZeRO growth without gathers (growth/deepspeed.py, GROWTH_DISTRIBUTED_COPY=local), on 2 processes.
 
 One launch of tests/zero_worker.py grows a tiny llama 2 -> 4 under ZeRO-2 and ZeRO-3 with both copy
-methods and several inits / state policies, saving each rank's own state right after the event and
+methods and several inits / state policies (and 2 -> 3 -> 4 -> 5 under ZeRO-1/2/3 for leaks), saving each rank's own state right after the event and
 counting the event's bytes with growth.comm. The local copy must give bit-identical masters,
 moments, steps and parameter partitions to the gather path, and the same losses after it; under
 ZeRO-3 the event must move no byte at all (a reintroduced gather fails the test).
@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 # stage:init:optimizer_state:method. scaled_copy (beta 0.5) gives copied and scaled weights,
 # zero gives zeroed ones; "copy" / "zero" states give copied and zeroed moments.
 PAIRS = ["3:scaled_copy:copy", "3:zero:zero", "2:scaled_copy:zero"]
-CASES = [f"{p}:{m}" for p in PAIRS for m in ("gather", "local")] + ["3:copy:fresh:local", "ddp:copy:fresh:local"]
+LEAK_CASES = [f"{stage}:copy:copy:local:events3" for stage in (1, 2, 3)]
+CASES = [f"{p}:{m}" for p in PAIRS for m in ("gather", "local")] + LEAK_CASES + ["3:copy:fresh:local", "ddp:copy:fresh:local"]
 
 
 def _env():
@@ -86,6 +87,20 @@ def test_zero3_growth_moves_no_bytes(runs, pair):
         assert all(p["sent"] == 0 and p["received"] == 0 for p in local["bytes"].values()), local["bytes"]
         # the counter does see the reference path's gathers (so 0 above is not a blind counter)
         assert gather["bytes"]["copy"]["received"] >= gather["fp32_bytes"] // 2
+
+
+@pytest.mark.parametrize("case", LEAK_CASES)
+def test_no_leak_across_three_engine_rebuilds(runs, case):
+    """ZeRO-1/2/3, three growth events: after the last, nothing of the three replaced engines'
+    optimizers (fp32 masters, Adam moments, flat weight buffers) is alive. DeepSpeed's engines and
+    optimizers keep each other reachable from the old parameters (_z3_optimizer, _hp_mapping), so
+    without growth/deepspeed._release every rebuild kept a full copy of the previous state, and
+    accelerate's optimizer wrapper, which the Trainer's loop still holds, kept the old optimizer."""
+    for rank in (0, 1):
+        r = load(runs, case, rank)
+        assert r["depth"] == 5 and r["events"] == 3 and len(r["loss"]) == 6
+        assert r["old_optimizers_alive"] == []  # indices of the replaced engines' optimizers still reachable
+        assert r["old_tensors_alive_bytes"] == 0
 
 
 def test_zero2_receives_at_most_its_partition(runs):

@@ -1,6 +1,7 @@
 """Growth under ZeRO 1/2/3 with each copy method, in one multi-process launch:
 `torchrun --nproc_per_node 2 tests/zero_worker.py OUT CASE [CASE ...]`, CASE = stage:init:state:method[:bf16]
 (stage 1, 2, 3, or "ddp"; run in this order, DDP ones last). Also runs single-process (`python ...`, stage "single").
+A trailing ":events3" grows 2 -> 3 -> 4 -> 5 instead (three engine rebuilds; leaks are counted after the last).
 
 Per case, each rank trains a tiny llama 3 steps, grows 2 -> 4 (stack_last) with GROWTH_DISTRIBUTED_COPY=method,
 counts the growth event's bytes by phase (growth.comm), saves its own ZeRO state right after the
@@ -83,6 +84,8 @@ def run(case: str) -> None:
 
     stage, init, policy, method, *rest = case.split(":")
     bf16 = "bf16" in rest
+    # events3: three growth events 2 -> 3 -> 4 -> 5 (three engine rebuilds), checked for leaks after the last
+    points, max_steps = ([[2, 3], [3, 4], [4, 5]], 6) if "events3" in rest else ([[3, 4]], 5)
     zero = stage not in ("ddp", "single")
     os.environ["GROWTH_DISTRIBUTED_COPY"] = method
     if distributed:
@@ -93,7 +96,7 @@ def run(case: str) -> None:
     unset_hf_deepspeed_config()  # the initial model is built plain, as in every case
     model = tiny_model("llama", layers=2).train()
     args = transformers.TrainingArguments(
-        os.path.join(out, case.replace(":", "_")), max_steps=5, per_device_train_batch_size=8 // world,
+        os.path.join(out, case.replace(":", "_")), max_steps=max_steps, per_device_train_batch_size=8 // world,
         learning_rate=3e-3, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
         lr_scheduler_type="linear", warmup_steps=2, save_strategy="no", max_grad_norm=1.0, bf16=bf16,
         deepspeed=os.path.join(ROOT, "recipes", "accelerate", f"ds_zero{stage}.json") if zero else None,
@@ -101,18 +104,20 @@ def run(case: str) -> None:
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
     result = {}
     try:
-        enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 4]]},
+        enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": points},
                                 "init": init, "beta": 0.5, "optimizer_state": policy}, run_log=False)
     except ValueError as e:  # rejected before any step
         result["error"] = str(e)
         torch.save(result, os.path.join(out, f"{case}.rank{rank}.pt"))
         return
     grow_now = trainer.grow_now
+    old_tensors, old_opts = {}, []  # of every engine replaced so far
 
     def counted(depth):
         old = trainer.model_wrapped
-        old_opt = weakref.ref(old.optimizer) if zero else None
-        old_tensors = {id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)} if zero else {}
+        if zero:
+            old_opts.append(weakref.ref(old.optimizer))
+            old_tensors.update({id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)})
         with count_bytes(trace=bool(os.environ.get("GROWTH_COMM_TRACE"))) as c:
             event = grow_now(depth)
         result["bytes"] = c.by_phase()
@@ -120,7 +125,8 @@ def run(case: str) -> None:
         result["state"] = local_state(trainer.model_wrapped) if zero else optimizer_steps(trainer)
         if zero:  # what the old engine still holds once the event is over (the Trainer's loop keeps the object)
             gc.collect()
-            result["old_optimizer_alive"] = old_opt() is not None
+            result["old_optimizers_alive"] = [i for i, o in enumerate(old_opts) if o() is not None]
+            result["events"] = len(old_opts)
             result["old_tensors_alive_bytes"] = sum(t().numel() * t().element_size() for t in old_tensors.values()
                                                     if t() is not None)
         return event
