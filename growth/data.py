@@ -60,6 +60,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import sys
 import sysconfig
 import time
@@ -783,7 +784,6 @@ def build_datasets(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, progress
         train_pieces = [p for p in pieces if p.role != "validation"]
         if not train_pieces:
             raise ValueError(f"data.source: {cfg.source!r} has no training documents")
-        validation = _prepared(cfg, tokenizer, pieces, "validation", progress)
         held_out = cfg.validation_split is not None or cfg.validation_fraction > 0
         validation = _prepared(cfg, tokenizer, pieces, "validation", progress) if held_out else None
         return StreamingBlocks(cfg, tokenizer, train_pieces), validation
@@ -927,11 +927,18 @@ def _load_manifest(path: Path, cfg: DataConfig, tokenizer) -> dict | None:
     return None
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
 def _remove_dead_temps(path: Path) -> None:
-    """Temp dirs of this entry left by a killed preparation on this machine (its pid is gone)."""
+    """Temp dirs of this entry left by a killed preparation on this machine (its pid is gone).
+
+    A pid means something only on the host that wrote it: on a cache shared by several nodes
+    (each node's main process prepares), another node's build in progress is never touched."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(\d+)-", tmp.name)
-        if m and not _alive(int(m.group(1))):
+        m = re.match(rf"\.{re.escape(path.name)}\.tmp-(.+)-(\d+)-[0-9a-f]{{8}}$", tmp.name)
+        if m and m.group(1) == _host() and not _alive(int(m.group(2))):
             logger.warning("data: removing %s, left by a preparation that did not finish", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1096,7 +1103,7 @@ def _digest(obj) -> str:
 def _temp_dir(final: Path) -> Path:
     # Beside the final path (same filesystem, so the rename is atomic); unique per process.
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".{final.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
 

@@ -240,6 +240,24 @@ def test_killed_preparation_is_rebuilt_never_read(tokenizer, tmp_path):
     assert len(meta["pieces"]) == 24 and len(train) == meta["totals"]["train"]["used_blocks"] > 0
 
 
+def test_dead_temp_dirs_removed_only_for_this_host(tmp_path):
+    """On a cache shared by several nodes a pid is only meaningful on its own host: another node's
+    build in progress (whose pid is dead here) must survive this node's clean-up."""
+    from growth.data import _host, _remove_dead_temps, _temp_dir
+
+    final = tmp_path / "blocks-abc"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine_dead = tmp_path / f".blocks-abc.tmp-{_host()}-{dead.pid}-0123abcd"
+    other_node = tmp_path / f".blocks-abc.tmp-{_host()}x-{dead.pid}-0123abcd"
+    mine_alive = _temp_dir(final)  # this process: alive
+    for d in (mine_dead, other_node):
+        d.mkdir()
+    _remove_dead_temps(final)
+    assert not mine_dead.exists() and other_node.exists() and mine_alive.exists()
+    assert mine_alive.name.startswith(f".blocks-abc.tmp-{_host()}-{os.getpid()}-")
+
+
 def test_streaming_shares_are_disjoint_and_cover_the_prepared_blocks(tokenizer, tmp_path):
     shards = tmp_path / "fineweb"
     shards.mkdir()
