@@ -53,7 +53,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python eval/study.py`: import from the repo root
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from growth.flops import cumulative_training_flops, training_flops_per_token
+from eval.report import exceeds_seed_spread, pooled_std, spread
+from eval.sweep import growth_run_flops, is_finished
+from growth.flops import training_flops_per_token
 from growth.schedule import GrowthSchedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,11 +165,9 @@ class Job:
 
 def run_flops(config, seq_len: int, tokens_per_step: int, arm: Arm, steps: int) -> float:
     """Training FLOPs of ``arm`` over ``steps`` steps (the depth in force at each step)."""
-    fpt = partial(training_flops_per_token, config, seq_len)
     if arm.fixed:
-        return steps * tokens_per_step * fpt(arm.depth)
-    step_schedule = arm.schedule().to_steps(steps, tokens_per_step, fpt)
-    return cumulative_training_flops(step_schedule, steps, tokens_per_step, fpt)
+        return steps * tokens_per_step * training_flops_per_token(config, seq_len, arm.depth)
+    return growth_run_flops(config, seq_len, arm.schedule(), steps, tokens_per_step)
 
 
 def steps_for_budget(config, seq_len: int, tokens_per_step: int, arm: Arm, budget_flops: float) -> int:
@@ -216,22 +216,18 @@ def next_lr(losses: dict[float, float | None], extended: int, max_extend: int) -
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Mean and sample std (None for one value: the spread is unknown)."""
+    s = spread(values)
+    return s.mean, (s.std if s.n > 1 else None)
 
 
 def compare_to(a: list[float], b: list[float]) -> dict:
     """a - b: difference of means, pooled sample std, and the verdict (tie within 2 pooled std)."""
-    ma, sa = mean_std(a)
-    mb, sb = mean_std(b)
-    diff = ma - mb
-    if sa is None or sb is None:
+    diff = spread(a).mean - spread(b).mean
+    real = exceeds_seed_spread(a, b)  # eval/report.py's criterion, shared with eval/compare.py
+    if real is None:
         return {"diff": diff, "pooled_std": None, "verdict": "n/a (1 seed)"}
-    pooled = math.sqrt(((len(a) - 1) * sa ** 2 + (len(b) - 1) * sb ** 2) / (len(a) + len(b) - 2))
-    verdict = "tie" if abs(diff) <= 2 * pooled else ("lower" if diff < 0 else "higher")
-    return {"diff": diff, "pooled_std": pooled, "verdict": verdict}
+    return {"diff": diff, "pooled_std": pooled_std(a, b), "verdict": ("lower" if diff < 0 else "higher") if real else "tie"}
 
 
 def frontier(per_budget: dict[float, dict[str, list[float]]]) -> dict[float, tuple[str, list[float]]]:
@@ -330,14 +326,6 @@ def launch_job(launch: list[str], recipe_path: str, overrides: list[str], run_di
     info["study_wall_s"] = time.time() - start
     (Path(run_dir) / "study.json").write_text(json.dumps({"study_wall_s": info["study_wall_s"]}) + "\n")
     return info
-
-
-def is_finished(run_dir: Path) -> bool:
-    path = run_dir / "run.json"
-    if not path.exists() or not (run_dir / "config.json").exists():
-        return False
-    info = json.loads(path.read_text())
-    return info.get("global_step") is not None and info["global_step"] >= info.get("max_steps", 0)
 
 
 # ---------------------------------------------------------------------------------------------
