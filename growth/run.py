@@ -214,15 +214,45 @@ def check_output_dir(output_dir: str | Path, options: RunOptions) -> tuple[str |
                      "to replace it, or choose another --output_dir")
 
 
-def build_data(recipe: Recipe):
-    """(tokenizer, train dataset, eval dataset or None) for the recipe; cached under data.cache_dir."""
+def build_data(recipe: Recipe, check_tokenizer=None):
+    """(tokenizer, train dataset, eval dataset or None) for the recipe; cached under data.cache_dir.
+    ``check_tokenizer(tokenizer)`` runs before the data is prepared (checks that need the vocab)."""
     from .data import build_datasets, build_tokenizer, load_documents
 
     texts = load_documents(recipe.data)[0] if recipe.tokenizer.train_bpe else None
     tokenizer = build_tokenizer(recipe.tokenizer, texts, recipe.data.cache_dir)
+    if check_tokenizer is not None:
+        check_tokenizer(tokenizer)
     # Prepared: memory-mapped blocks; streaming (data.streaming): an IterableDataset read on the fly.
     train, validation = build_datasets(recipe.data, tokenizer)
     return tokenizer, train, (validation if validation is not None and len(validation) else None)
+
+
+def _schedule_error(e: ValueError, max_steps: int, tokens_per_step: int) -> StartError:
+    where = "" if str(e).startswith("growth.") else "growth.schedule."
+    return StartError(f"{where}{_one_line(e)} (max_steps {max_steps}, {tokens_per_step} tokens per step)")
+
+
+def check_schedule_fits(recipe: Recipe, args, tokenizer) -> None:
+    """Growth points in tokens, FLOPs or fractions resolved to steps from the recipe alone (the
+    model's config, not its weights), so a point past the end of the run is refused before the
+    data is prepared; the Trainer resolves them again, from the built model, before step 1."""
+    from .flops import training_flops_per_token
+    from .models import build_config
+
+    schedule = recipe.growth.schedule
+    if recipe.baseline or schedule is None or args.max_steps <= 0:  # epochs: steps known once data is built
+        return
+    seq = recipe.data.block_size
+    tokens_per_step = seq * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    try:
+        config = build_config(recipe.model, len(tokenizer))
+    except (OSError, ValueError):
+        return  # reported with its own message when the model is built
+    try:
+        schedule.to_steps(args.max_steps, tokens_per_step, lambda d: training_flops_per_token(config, seq, d))
+    except ValueError as e:
+        raise _schedule_error(e, args.max_steps, tokens_per_step) from None
 
 
 def run_info(recipe: Recipe, max_steps: int) -> dict:
@@ -357,7 +387,7 @@ def _run(recipe: Recipe, options: RunOptions, progress: dict) -> dict:
     start = time.time()
     with args.main_process_first(desc="tokenizer and data"):
         try:
-            tokenizer, train_ds, eval_ds = build_data(recipe)
+            tokenizer, train_ds, eval_ds = build_data(recipe, lambda tok: check_schedule_fits(recipe, args, tok))
         except ValueError as e:
             raise StartError(_one_line(e)) from None
     from .data import StreamingBlocks, data_summary
@@ -388,9 +418,7 @@ def _run(recipe: Recipe, options: RunOptions, progress: dict) -> dict:
         enable_growth(trainer, growth_config, seq_len=recipe.data.block_size)
         trainer._resolve_growth_schedule()  # tokens / FLOPs points become steps now, not at step 0
     except ValueError as e:
-        where = "" if str(e).startswith("growth.") else "growth.schedule."
-        raise StartError(f"{where}{_one_line(e)} (max_steps {trainer.args.max_steps}, "
-                         f"{trainer._tokens_per_step()} tokens per step)") from None
+        raise _schedule_error(e, trainer.args.max_steps, trainer._tokens_per_step()) from None
     if resume is not None:
         check_weights(resume.checkpoint, model, trainer.growth_steps.depth_at(resume.step), family_of(model).layers_path)
     attach_reporting(trainer, recipe.to_dict(), recipe.label, run_info(recipe, args.max_steps)["tags"])

@@ -392,3 +392,15 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(case, finished, ki
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
     assert fragment in lines[0], lines[0]
     assert tree_hash(out) == before
+
+
+@pytest.mark.parametrize("unit,points", [("tokens", "[[256, 4], [100000, 6]]"), ("flops", "[[1.0e7, 4], [1.0e15, 6]]")])
+def test_schedule_past_the_end_refused_before_data_is_prepared(unit, points, tmp_path, capsys):
+    """Growth points in tokens / FLOPs resolve to steps from the recipe alone: a point past the end
+    is refused once the tokenizer exists, before the corpus is tokenized and packed (on a real
+    corpus that is hours, not seconds)."""
+    cache = tmp_path / "cache"
+    rc = main(argv(tmp_path / "run", str(cache), "--growth.schedule", f"{{initial_depth: 2, unit: {unit}, points: {points}}}"))
+    err = capsys.readouterr().err
+    assert rc == 2 and f"growth.schedule.points[1]: " in err and "max_steps 8" in err, err[-2000:]
+    assert list(cache.glob("tokenizer-*")) and not list(cache.glob("blocks-*")) and not list(cache.glob(".blocks-*"))
