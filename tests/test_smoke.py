@@ -52,6 +52,10 @@ def command(script: str) -> list[str]:
 def smoke_env(script: str) -> dict:
     env = dict(os.environ, WANDB_MODE="offline", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               # One torch thread per process: smoke runs share 2 cores several at a time, and idle
+               # OpenMP threads spinning for a busy core cost 2-4x the CPU (eval/study.py: 34 s alone,
+               # 125 s beside the others). Nothing here is timed.
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".cache", "torch_extensions")))
     if os.path.basename(script) == "__main__.py":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
