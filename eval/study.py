@@ -140,7 +140,7 @@ SMOKE = StudyConfig(
 # The GPU frontier: a 125M-class llama (recipes/study_gpu_125m.yaml: FineWeb-Edu, GPT-2 tokenizer, bf16, WSD,
 # 524k tokens per step on 8 GPUs), fixed depths 3 / 6 / 12 against 3 -> 6 -> 12 grown early or late.
 GPU_125M = StudyConfig(
-    recipe="recipes/study_gpu_125m.yaml", ref_steps=4000, ref_arm="wsd_early_3-6-12", initial_depth=3,
+    recipe="recipes/study_gpu_125m.yaml", ref_steps=3000, ref_arm="wsd_early_3-6-12", initial_depth=3,
     fixed_depths=(3, 6, 12), growth=(("wsd_early_3-6-12", ((0.25, 6), (0.5, 12))), ("wsd_late_3-6-12", ((0.6, 6), (0.8, 12)))),
     inits=(("init_zero", "zero", 1.0),), lrs=(3e-4, 6e-4, 1.2e-3), max_extend=1, seeds=3)
 PRESETS = {"cpu": None, "gpu_125m": GPU_125M}
@@ -358,6 +358,26 @@ class Study:
         self.ref_flops = run_flops(self.config, self.seq_len, self.tokens_per_step, self.cfg.arm(self.cfg.ref_arm),
                                    self.cfg.ref_steps)
         self.train_blocks = len(train)
+        self.check_growth_in_stable()
+
+    def check_growth_in_stable(self) -> None:
+        """Under WSD, every growth run's events must fall inside its stable phase (else early and
+        late differ in the LR at growth too, not only in timing): checked for every cell before the
+        first run, naming the arm, the budget and the step."""
+        from growth.recipe import WSD, warmup_steps_of, wsd_decay_steps
+
+        t, share = self.recipe.training, self.recipe.lr_decay_share
+        if t.get("lr_scheduler_type") != WSD or share is None:
+            return
+        for arm, budget, _ in self.cells():
+            if arm.fixed:
+                continue
+            steps = self.steps(arm, budget)
+            try:
+                growth_steps_in_stable(arm.schedule(), steps, warmup_steps_of(t, steps), wsd_decay_steps(share, steps))
+            except ValueError as e:
+                raise ValueError(f"{self.cfg.recipe}: {arm.label} at budget {budget:g} ({steps} steps), "
+                                 f"lr_decay_share {share}: {e}") from None
 
     def budget_flops(self, budget: float) -> float:
         return budget * self.ref_flops

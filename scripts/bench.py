@@ -82,9 +82,10 @@ def known_benchmarks() -> list[Bench]:
               "one growth of a ~50M-parameter llama with AdamW state vs the memcpy floor; peak RSS vs a fresh model"),
         Bench("overhead", "scripts/bench_overhead.py", [],
               "growth machinery between events vs a plain Trainer; DDP find_unused_parameters True vs False"),
-        Bench("data", "scripts/bench_data.py", [], "data preparation: tokens/s and peak RSS"),
         Bench("compile", "scripts/bench_compile.py", [], "torch.compile throughput after growth"),
         *distributed,
+        # Last: the longest (a ~1 GB corpus); a --budget that runs out then costs only its numbers.
+        Bench("data", "scripts/bench_data.py", [], "data preparation: tokens/s and peak RSS"),
     ]
 
 

@@ -127,3 +127,26 @@ def test_wsd_lr_continues_exactly_across_growth(tmp_path):
         opt.step(), sched.step()
     assert logged == expected
     assert logged[6] == logged[7] == logged[10] == logged[11] == recipe.training["learning_rate"]  # stable at growth
+
+
+@pytest.mark.parametrize("recipe,share,ok", [("recipes/study_gpu_125m.yaml", None, True),
+                                             ("recipes/study_gpu_125m.yaml", "0.2", False),
+                                             ("recipes/study_tiny.yaml", None, True)])
+def test_study_checks_every_growth_run_inside_the_stable_phase(recipe, share, ok, tmp_path):
+    """Before the first run: every growth cell's events inside its WSD stable phase. With the GPU
+    recipe's earlier 20% decay, late growth at 80% landed on the first decay step (refused, named)."""
+    from dataclasses import replace
+
+    from eval.study import GPU_125M, Study, StudyConfig
+    from growth.models import build_config
+
+    cfg = replace(GPU_125M if "gpu" in recipe else StudyConfig(), extra=["--lr_decay_share", share] if share else [])
+    study = Study(tmp_path, cfg)
+    study.config = build_config(study.recipe.model, 50257 if "gpu" in recipe else 512)
+    study.ref_flops = run_flops(study.config, study.seq_len, study.tokens_per_step, cfg.arm(cfg.ref_arm), cfg.ref_steps)
+    if ok:
+        study.check_growth_in_stable()
+    else:
+        with pytest.raises(ValueError, match=r"wsd_late_3-6-12 at budget 0.25 \(\d+ steps\), lr_decay_share 0.2: "
+                                             r"points\[1\]: growth at step \d+ of \d+ is outside the WSD stable phase"):
+            study.check_growth_in_stable()
