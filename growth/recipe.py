@@ -565,6 +565,11 @@ def _check_across(r: Recipe) -> None:
                          f"{m.max_position_embeddings}")
     if r.data.streaming and r.training.get("max_steps", -1) <= 0:  # an endless stream has no epochs to count
         raise ValueError(f"data.streaming: needs a positive training.max_steps, got {r.training.get('max_steps', -1)}")
+    evaluates = str(r.training.get("eval_strategy", "no")) not in ("no", "IntervalStrategy.NO")
+    if evaluates and r.data.validation_fraction == 0 and r.data.validation_split is None:
+        raise ValueError(f"data.validation_fraction: 0 holds out no evaluation data (and data.validation_split is "
+                         f"unset), but training.eval_strategy is {r.training['eval_strategy']!r}: hold out a share "
+                         "(e.g. 0.01), name a hub validation_split, or set --eval_strategy no")
     if schedule is None or not family_model:
         return
     if r.baseline:

@@ -308,6 +308,8 @@ CENSUS = [
     ("unknown field", "fresh", lambda t, o: ["--growth.operatr", "stack_all"], "growth.operatr: unknown key (did you mean 'operator'?)", None),
     ("bad nonfinite_loss_steps", "fresh", lambda t, o: ["--safety.nonfinite_loss_steps", "-1"],
      "safety.nonfinite_loss_steps must be a non-negative integer, got -1", None),
+    ("no held-out data but evaluation on", "fresh", lambda t, o: ["--data.validation_fraction", "0"],
+     "data.validation_fraction: 0 holds out no evaluation data", None),
     ("growth in tokens past the end", "fresh",
      lambda t, o: ["--growth.schedule", "{initial_depth: 2, unit: tokens, points: [[256, 4], [100000, 6]]}"],
      "growth.schedule.points[1]: 100000.0 tokens lands at step 782, which is not before max_steps 8", None),
