@@ -69,3 +69,28 @@ def test_every_bench_script_is_collected():
     on_disk = {os.path.join("scripts", f) for f in os.listdir(os.path.join(ROOT, "scripts")) if f.startswith("bench_") and f.endswith(".py")}
     assert scripts == on_disk
     assert "scripts/bench_growth.py" in scripts and "scripts/bench_overhead.py" in scripts
+
+
+def test_update_reruns_one_benchmark_and_keeps_the_others(tmp_path, monkeypatch):
+    """--only NAME --update: NAME's record is replaced, every other one kept as it was measured (its
+    own date), the report names the rerun; without a previous report it refuses."""
+    bench = load_bench()
+    ratio = tmp_path / "ratio.txt"
+    ratio.write_text("1.5")
+    body = GOOD.replace('"value": 1.5', '"value": float(open(%r).read())' % str(ratio))
+    benches = [bench.Bench("a", script(tmp_path, "a.py", GOOD)), bench.Bench("b", script(tmp_path, "b.py", body))]
+    monkeypatch.setattr(bench, "all_benchmarks", lambda smoke=False: benches)
+    monkeypatch.setattr(bench, "missing_known", lambda: [])
+    out = tmp_path / "out"
+    assert bench.main(["--out", str(out), "--only", "b", "--update"]) == 2  # nothing to update yet
+    bench.main(["--out", str(out)])
+    first = json.load(open(out / "benchmarks.json"))
+    ratio.write_text("1.7")
+    bench.main(["--out", str(out), "--only", "b", "--update"])
+    doc = json.load(open(out / "benchmarks.json"))
+    assert [b["name"] for b in doc["benchmarks"]] == ["a", "b"]
+    assert doc["benchmarks"][0] == first["benchmarks"][0]  # a: untouched, its own date
+    assert doc["benchmarks"][1]["report"]["results"][0]["value"] == 1.7
+    assert doc["started"] == first["started"] and [u["benchmarks"] for u in doc["updates"]] == [["b"]]
+    md = (out / "benchmarks.md").read_text()
+    assert "Rerun since: b by `python scripts/bench.py" in md and "| speed ratio | 1.7 |" in md and "| speed ratio | 1.5 |" in md
