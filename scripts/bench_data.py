@@ -116,9 +116,12 @@ def tree_rss(pid: int, pss: bool = False) -> int:
     return total
 
 
-def run_sampled(cmd: list[str], env=None, watch: str | None = None, timeout: float = 7200) -> dict:
-    """Run `cmd`, sampling the RSS of its process tree every 50 ms; with `watch`, the seconds until
-    that text first appears in its output."""
+def run_sampled(cmd: list[str], env=None, watch: str | None = None, timeout: float = 7200, interval: float = 0.05,
+                pss: bool = True) -> dict:
+    """Run `cmd`, sampling the RSS (and PSS) of its process tree every `interval` s; with `watch`,
+    the seconds until that text first appears in its output. PSS reads every mapping of every
+    process (/proc/PID/smaps): a throughput run samples RSS only, and rarely, or the sampler takes
+    CPU from the workers it measures (with 2 workers on 2 cores it has no core of its own)."""
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -128,8 +131,9 @@ def run_sampled(cmd: list[str], env=None, watch: str | None = None, timeout: flo
         nonlocal peak, peak_pss
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
-            peak_pss = max(peak_pss, tree_rss(proc.pid, pss=True))
-            time.sleep(0.05)
+            if pss:
+                peak_pss = max(peak_pss, tree_rss(proc.pid, pss=True))
+            time.sleep(interval)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -157,10 +161,11 @@ def prepared_tokens(log: str) -> int:
     raise RuntimeError(f"preparation failed:\n{log[-3000:]}")
 
 
-def bench_prepare(source: Path, work: Path, tokenizer: Path, num_proc: int, tag: str) -> dict:
+def bench_prepare(source: Path, work: Path, tokenizer: Path, num_proc: int, tag: str, memory: bool = True) -> dict:
+    """Prepare `source` from scratch; `memory` False: a throughput run (RSS sampled once a second, no PSS)."""
     cache = work / f"cache-{tag}"
     subprocess.run(["rm", "-rf", str(cache)], check=True)
-    r = run_sampled(prepare_cmd(source, cache, tokenizer, num_proc))
+    r = run_sampled(prepare_cmd(source, cache, tokenizer, num_proc), **({} if memory else {"interval": 1.0, "pss": False}))
     if r["rc"] != 0:
         raise RuntimeError(r["log"][-3000:])
     manifest = json.loads(next(cache.glob("blocks-*/manifest.json")).read_text())
@@ -296,7 +301,7 @@ def main(argv=None) -> int:
     speed = {}
     for n in (1, 2):
         loads.append(load())
-        speed[n] = bench_prepare(piece, work, tok_dir, n, f"speed{n}")
+        speed[n] = bench_prepare(piece, work, tok_dir, n, f"speed{n}", memory=False)
         print(f"[bench_data] prepare {args.slice_mb} MB, num_proc {n}: {speed[n]['tokens_per_s'] / 1e6:.2f}M tokens/s "
               f"(load {loads[-1]:.1f})", flush=True)
     ratio = speed[2]["tokens_per_s"] / speed[1]["tokens_per_s"]
