@@ -65,6 +65,7 @@ import sys
 import sysconfig
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import chain, islice
@@ -709,17 +710,24 @@ def _run_jobs(jobs: list, num_proc: int, on_result: Callable[[int, dict], bool])
                 return
         return
     # fork: workers inherit the tokenizer and the imported modules (a spawn start costs seconds each).
+    # concurrent.futures, not multiprocessing.Pool: Pool.terminate() with busy workers hung for
+    # minutes inside a multi-threaded process (seen in the test suite: its worker-handler thread
+    # did not exit); the executor cancels the queued pieces and lets the running ones finish (at a
+    # cap, an error or Ctrl-C), and a worker that dies raises BrokenProcessPool instead of hanging.
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(num_proc, len(jobs)), initializer=_init_worker, initargs=(_WORKER["tokenizer"], _WORKER["dtype"])) as pool:
+    pool = ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(_WORKER["tokenizer"], _WORKER["dtype"]))
+    try:
         pending = {}
         submitted = 0
         for i in range(len(jobs)):
             while submitted < len(jobs) and submitted < i + 2 * num_proc:
-                pending[submitted] = pool.apply_async(_prepare_piece, (jobs[submitted],))
+                pending[submitted] = pool.submit(_prepare_piece, jobs[submitted])
                 submitted += 1
-            if not on_result(i, pending.pop(i).get()):
-                pool.terminate()
+            if not on_result(i, pending.pop(i).result()):
                 return
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------
