@@ -8,7 +8,8 @@ then measures:
   ratio (target >= 1.7 on 2 cores: it needs two idle cores, so it is NOISE when the load average
   says the cores were busy);
 * peak RSS of a whole preparation (the process tree: the main process and its workers, summed, so
-  copy-on-write pages count twice: an upper bound) at ~100 MB and at the full corpus (target < 2 GB);
+  copy-on-write pages count twice: an upper bound) at ~100 MB, at `--gb` and at each `--rss_gb`
+  (default 2 GB: the corpus is generated at the largest size, the others are its slices; target < 2 GB);
 * time from launch to the first optimizer step of recipes/gpt_125m.yaml scaled to a CPU model
   (same data section pointed at the corpus; hidden 64, 2 heads, batch 2, the BPE instead of
   gpt2): prepared with the cache ready (a cluster job after scripts/prepare_data.py), prepared
@@ -19,7 +20,7 @@ then measures:
 The exit code is 0 whatever the result; a missed target prints FAIL. `--json PATH` writes the
 scripts/bench.py convention; `--smoke` runs tiny sizes in seconds to check the script works.
 
-    python scripts/bench_data.py                       # ~1 GB corpus: tens of minutes on 2 cores
+    python scripts/bench_data.py                       # 1 GB corpus, RSS also at 2 GB: ~30 min on 2 idle cores
     python scripts/bench_data.py --gb 0.3 --json out/bench_data.json
     python scripts/bench_data.py --smoke
 """
@@ -263,6 +264,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gb", type=float, default=1.0, help="size of the generated corpus (GB of text)")
     p.add_argument("--small_mb", type=float, default=100, help="the smaller corpus for the RSS comparison (MB)")
+    p.add_argument("--rss_gb", default="2",
+                   help="comma-separated larger corpora (GB of text) whose preparation's peak RSS is measured besides "
+                        "--small_mb and --gb; the largest is generated and the others are its slices")
     p.add_argument("--slice_mb", type=float, default=100, help="corpus for the 1-vs-2-worker throughput (MB)")
     p.add_argument("--tiny_steps", type=int, default=60, help="steps of the tiny recipe for the dataloader wait")
     p.add_argument("--work", default=str(ROOT / ".cache" / "bench_data"), help="corpus and caches go here")
@@ -283,10 +287,15 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load = lambda: os.getloadavg()[0]  # noqa: E731
     results, t0 = [], time.time()
-    print(f"[bench_data] generating {args.gb} GB corpus in {work} (load {load():.1f})", flush=True)
-    corpus = generate_corpus(work / f"corpus-{args.gb}gb", args.gb)
-    small = slice_corpus(corpus, work / f"corpus-{args.small_mb}mb", args.small_mb)
-    piece = slice_corpus(corpus, work / f"corpus-{args.slice_mb}mb", args.slice_mb)
+    rss_gb = sorted({args.gb, *(float(g) for g in args.rss_gb.split(",") if g)})
+    big = rss_gb[-1]
+    print(f"[bench_data] generating {big} GB corpus in {work} (load {load():.1f})", flush=True)
+    largest = generate_corpus(work / f"corpus-{big}gb", big)
+    sliced = lambda mb: slice_corpus(largest, work / f"corpus-{mb:g}mb-of-{big:g}gb", mb)  # noqa: E731
+    corpora = {g: largest if g == big else sliced(g * 1000) for g in rss_gb}
+    corpus = corpora[args.gb]
+    small = sliced(args.small_mb)
+    piece = sliced(args.slice_mb)
 
     from growth.data import build_tokenizer, TokenizerConfig, DataConfig, load_documents
 
@@ -312,7 +321,7 @@ def main(argv=None) -> int:
                        "NOISE" if busy and ratio < SPEEDUP_TARGET else ("PASS" if ratio >= SPEEDUP_TARGET else "FAIL"),
                        note=f"load average {', '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} cores")]
 
-    sizes = [("small", small, args.small_mb), ("full", corpus, args.gb * 1000)]
+    sizes = [("small", small, args.small_mb), *((f"{g:g}gb", corpora[g], g * 1000) for g in rss_gb)]
     for tag, src, mb in sizes:
         r = bench_prepare(src, work, tok_dir, 2, f"rss-{tag}")
         print(f"[bench_data] prepare {mb:.0f} MB: peak RSS {r['peak_rss_gb']:.2f} GB (PSS {r['peak_pss_gb']:.2f}), "
