@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as `python eval/study.py`: import from the 
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from eval.report import exceeds_seed_spread, pooled_std, spread
-from eval.sweep import growth_run_flops, is_finished
+from eval.sweep import growth_run_flops, is_finished, output_to
 from growth.flops import training_flops_per_token
 from growth.schedule import GrowthSchedule
 
@@ -291,19 +291,12 @@ def run_job(recipe_path: str, overrides: list[str], run_dir: str, log_path: str)
 
     start = time.time()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "a") as log:
-        sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+    with output_to(Path(log_path)):
         try:
             info = run(load_recipe(ROOT / recipe_path, overrides), RunOptions(overwrite_output_dir=True))
         except Exception:
             traceback.print_exc()
             raise
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
     info["study_wall_s"] = time.time() - start
     (Path(run_dir) / "study.json").write_text(json.dumps({"study_wall_s": info["study_wall_s"]}) + "\n")
     return info

@@ -27,12 +27,14 @@ tokens, wall time of every run and of the whole sweep).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,7 +97,7 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def command(job: Job, run_dir: Path, max_steps: int | None, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", job.config, "--label", job.label,
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / job.config), "--label", job.label,
            "--seed", str(job.seed), "--data_seed", str(DATA_SEED), "--output_dir", str(run_dir)]
     if max_steps is not None:
         cmd += ["--max_steps", str(max_steps)]
@@ -106,8 +108,26 @@ def command(job: Job, run_dir: Path, max_steps: int | None, extra: list[str]) ->
     return cmd
 
 
-def train(job: Job, out: Path, max_steps: int | None, extra: list[str]) -> dict:
-    """Run one job (unless finished); returns its run.json with the sweep's wall time added."""
+@contextlib.contextmanager
+def output_to(log_path: Path):
+    """This process's stdout and stderr (the file descriptors: C++ and worker output too) appended
+    to ``log_path`` for the duration; for training runs inside the calling process."""
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a") as log:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def train(job: Job, out: Path, max_steps: int | None, extra: list[str], in_process: bool = False) -> dict:
+    """Run one job (unless finished); returns its run.json with the sweep's wall time added.
+    ``in_process``: through growth.run.main in this process (one job at a time: no interpreter and
+    library start per run), else as scripts/train.py in a subprocess."""
     run_dir = out / "runs" / job.name
     if is_finished(run_dir):
         print(f"[sweep] {job.name}: finished earlier, skipped", flush=True)
@@ -117,9 +137,19 @@ def train(job: Job, out: Path, max_steps: int | None, extra: list[str]) -> dict:
     log = out / "logs" / f"{job.name}.log"
     print(f"[sweep] {job.name}: {shlex.join(cmd[1:])}", flush=True)
     start = time.time()
-    with open(log, "a") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    if in_process:
+        from growth.run import main as train_main
+
+        with output_to(log):
+            try:
+                rc = train_main(cmd[2:])
+            except Exception:
+                traceback.print_exc()
+                rc = 1
+    else:
+        with open(log, "a") as f:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     if rc != 0 or not is_finished(run_dir):
         raise RuntimeError(f"{job.name} failed (exit {rc}); see {log}")
     info = json.loads((run_dir / "run.json").read_text())
@@ -224,7 +254,7 @@ def sweep(out: str | Path, seeds: int = 3, max_steps: int | None = None, recipes
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     planned, growth_label, baseline = plan(preset, list(recipes), seeds, extra)
-    run = partial(train, out=out, max_steps=max_steps, extra=extra)
+    run = partial(train, out=out, max_steps=max_steps, extra=extra, in_process=jobs == 1)
 
     # The default growth run of seed 0 first: the equal-FLOPs baseline's length comes from it.
     first = next(j for j in planned if j.label == growth_label)

@@ -134,22 +134,33 @@ class GrowthReportingCallback(TrainerCallback):
             run.summary["growth/events"] = self.events
 
 
+_ENV_SET: dict[str, str] = {}  # what attach_reporting put into os.environ, by key
+
+
+def _set_env(key: str, value: str) -> None:
+    """Set ``key`` unless the user did: a value this module set for an earlier run in the same
+    process (eval/study.py and eval/sweep.py train run after run in one process) is replaced."""
+    if key not in os.environ or os.environ[key] == _ENV_SET.get(key):
+        os.environ[key] = _ENV_SET[key] = value
+
+
 def attach_reporting(trainer: Trainer, recipe: dict | None = None, label: str | None = None,
                      tags: list[str] | tuple[str, ...] = (), loss_after_logs: int = 5) -> GrowthReportingCallback:
     """Report growth to the trainer's wandb / TensorBoard; call after ``enable_growth``, before ``train``.
 
     ``label`` groups the wandb run (runs of one schedule over seeds share it) and is a tag, with
     ``tags``; ``recipe`` goes into the wandb config as ``recipe``. Sets WANDB_RUN_GROUP and
-    WANDB_TAGS in this process's environment (unless already set) when wandb is in report_to.
+    WANDB_TAGS in this process's environment when wandb is in report_to (a value the user set is
+    kept; one set here for an earlier run in the process is replaced).
     """
     if not isinstance(trainer, Trainer):
         raise ValueError(f"attach_reporting needs a transformers.Trainer, got {type(trainer).__name__}")
     if "wandb" in (trainer.args.report_to or []):
         all_tags: list[Any] = list(dict.fromkeys([*([label] if label else []), *tags]))
         if label:
-            os.environ.setdefault("WANDB_RUN_GROUP", label)
+            _set_env("WANDB_RUN_GROUP", label)
         if all_tags:
-            os.environ.setdefault("WANDB_TAGS", ",".join(map(str, all_tags)))
+            _set_env("WANDB_TAGS", ",".join(map(str, all_tags)))
     callback = GrowthReportingCallback(trainer, recipe, loss_after_logs)
     trainer.add_callback(callback)
     return callback

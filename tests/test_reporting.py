@@ -141,3 +141,18 @@ def test_rejects_bad_input(tmp_path):
         attach_reporting(object())
     with pytest.raises(ValueError, match="loss_after_logs: must be at least 1, got 0"):
         attach_reporting(_trainer(tmp_path / "run", []), loss_after_logs=0)
+
+
+def test_wandb_group_follows_each_run_in_one_process_unless_the_user_set_it(tmp_path, monkeypatch):
+    """eval/study.py and eval/sweep.py train run after run in one process: each run's wandb group is
+    its own label, not the first run's; a group the user exported is never replaced."""
+    import os
+
+    for key in ("WANDB_RUN_GROUP", "WANDB_TAGS"):
+        monkeypatch.delenv(key, raising=False)
+    for label in ("fixed_2", "wsd_late_2-4-6"):
+        attach_reporting(_trainer(tmp_path / label, ["wandb"]), RECIPE, label=label, tags=["b0.5"])
+        assert os.environ["WANDB_RUN_GROUP"] == label and os.environ["WANDB_TAGS"] == f"{label},b0.5"
+    monkeypatch.setenv("WANDB_RUN_GROUP", "my-group")
+    attach_reporting(_trainer(tmp_path / "mine", ["wandb"]), RECIPE, label="other")
+    assert os.environ["WANDB_RUN_GROUP"] == "my-group"
