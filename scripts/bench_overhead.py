@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("):\n", 1)[1])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per phase")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per phase (60: medians steady enough to tell 1%% apart more often)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each phase")
     p.add_argument("--repeats", type=int, default=2, help="pairs of phases, ABBA order (2 or more give the noise)")
     p.add_argument("--hidden", type=int, default=128)
