@@ -52,7 +52,8 @@ args = transformers.TrainingArguments(
 trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
 enable_growth(trainer, {"schedule": {"initial_depth": 2, "unit": "steps", "points": [[3, 3], [5, 4]]},
                         "operator": os.environ.get("GROWTH_TEST_OPERATOR", "stack_last"),
-                        "init": os.environ.get("GROWTH_TEST_INIT", "copy")})
+                        "init": os.environ.get("GROWTH_TEST_INIT", "copy"),
+                        "optimizer_state": os.environ.get("GROWTH_TEST_OPTIMIZER_STATE", "copy")})
 
 
 def checksums(model):

@@ -82,6 +82,23 @@ def test_fsdp2_accelerate_config_shards_grows_without_communication(single, tmp_
         assert all(b > 0 for b in rank["gather_bytes"].values())
 
 
+def test_fsdp2_fresh_optimizer_state_is_the_single_process_one(single, tmp_path):
+    """optimizer_state fresh: new parameters restart Adam (no state, step 0) under FSDP2 as on one
+    process (ZeRO refuses it by name: tests/test_zero_growth.py). A different policy (zero moments
+    with the old step count: another bias correction) changes the losses after the first growth."""
+    env = {"GROWTH_TEST_OPTIMIZER_STATE": "fresh"}
+    proc = subprocess.run([sys.executable, WORKER, str(tmp_path / "single"), "none"], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.load(open(tmp_path / "single" / "rank0.json"))
+    # the policy matters here: after the first growth (step 3) fresh and copy states train differently
+    assert any(_rel(single["loss"][s], fresh["loss"][s]) > 1e-4 for s in fresh["loss"] if int(s) > 3)
+    (r0, r1), _ = launch(tmp_path / "fsdp", **env)
+    assert r0["fsdp"] and r0["depth"] == 4
+    _same_losses(fresh, r0, fresh["loss"])
+    _same_losses(fresh, r1, fresh["loss"])
+
+
 def test_fsdp2_trainer_arguments_resume_from_sharded_checkpoint(single, tmp_path):
     """TrainingArguments(fsdp=..., fsdp_config={"version": 2, ...}): a sharded checkpoint taken after
     a growth resumes (the model is grown to the checkpoint's depth first) and continues the losses."""
