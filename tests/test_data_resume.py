@@ -25,7 +25,13 @@ def _corpus(path: Path) -> None:
         pd.DataFrame({"text": texts[i::8], "url": [f"doc{j}" for j in range(i, 48, 8)]}).to_parquet(path / f"{i:05d}.parquet")
 
 
-def _runs(tmp: Path) -> list[str]:
+VARIANTS = {"prepared": [], "streaming": ["--data.streaming", "true", "--dataloader_num_workers", "2"]}
+# Gradient accumulation (the GPU recipes use 4-8): the stream skips micro-batches, not steps.
+ACCUM = {"streaming_accum": ["--data.streaming", "true", "--dataloader_num_workers", "2",
+                             "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "2"]}
+
+
+def _runs(tmp: Path, variants: dict) -> list[str]:
     common = ["--config", "recipes/tiny.yaml", "--max_steps", "6", "--model.hidden_size", "32",
               "--model.max_position_embeddings", "64", "--data.block_size", "64",
               "--data.source", str(tmp / "corpus" / "*.parquet"), "--data.validation_fraction", "0",
@@ -34,7 +40,7 @@ def _runs(tmp: Path) -> list[str]:
               "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--logging_steps", "1",
               "--disable_tqdm", "true", "--report_to", "none", "--use_cpu", "true"]
     argv = []
-    for path, extra in (("prepared", []), ("streaming", ["--data.streaming", "true", "--dataloader_num_workers", "2"])):
+    for path, extra in variants.items():
         out = tmp / path
         argv += [str(out / "full"), "0", *common, *extra, "--output_dir", str(out / "full"), "::",
                  str(out / "part"), "3", *common, *extra, "--output_dir", str(out / "run"), "::",
@@ -43,8 +49,8 @@ def _runs(tmp: Path) -> list[str]:
     return argv[:-1]
 
 
-def _check(tmp: Path, ranks: int) -> None:
-    for path in ("prepared", "streaming"):
+def _check(tmp: Path, ranks: int, variants: dict) -> None:
+    for path in variants:
         for rank in range(ranks):
             full, part, resumed = (json.loads((tmp / path / f"{name}.rank{rank}.json").read_text())
                                    for name in ("full", "part", "resumed"))
@@ -62,7 +68,7 @@ def _check(tmp: Path, ranks: int) -> None:
             assert rows0 and not rows0 & rows1
 
 
-def _launch(tmp: Path, ranks: int):
+def _launch(tmp: Path, ranks: int, variants: dict):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     worker = str(ROOT / "tests" / "data_worker.py")
     if ranks == 1:
@@ -70,20 +76,23 @@ def _launch(tmp: Path, ranks: int):
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
                "--num_processes", "2", "--main_process_port", str(29700 + os.getpid() % 200), worker]
-    proc = subprocess.run([*cmd, *_runs(tmp)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([*cmd, *_runs(tmp, variants)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
 
 def test_resume_gives_the_next_batches_one_rank(tmp_path):
     _corpus(tmp_path / "corpus")
-    log = _launch(tmp_path, 1)
+    variants = {**VARIANTS, **ACCUM}
+    log = _launch(tmp_path, 1, variants)
     assert "data: streaming 8 pieces" in log
-    _check(tmp_path, 1)
+    _check(tmp_path, 1, variants)
+    accum = json.loads((tmp_path / "streaming_accum" / "full.rank0.json").read_text())["steps"]
+    assert all(len(batches) == 2 for batches in accum.values())  # two micro-batches per optimizer step
 
 
 @pytest.mark.distributed
 def test_resume_gives_the_next_batches_two_ranks(tmp_path):
     _corpus(tmp_path / "corpus")
-    _launch(tmp_path, 2)
-    _check(tmp_path, 2)
+    _launch(tmp_path, 2, VARIANTS)
+    _check(tmp_path, 2, VARIANTS)
