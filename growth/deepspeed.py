@@ -205,9 +205,20 @@ def _copy_buffers(old_model, new_model, layers_path: str, mapping) -> None:
 
 
 # --- the copies ------------------------------------------------------------------------------------
+def _copy_frozen(p, q, factor) -> None:
+    """A parameter the optimizer does not hold (requires_grad False: no master, no moments): its
+    storage as is, ZeRO-3's partition slice for slice (same shapes, same slices), else the replica."""
+    src = q.ds_tensor if hasattr(q, "ds_tensor") else q.data
+    dst = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+    dst.copy_(src * factor if factor != 1.0 else src)
+
+
 def _copy_gather(pairs, keys) -> None:
     """Reference path: each full master / moment gathered on every rank, then scattered."""
     for p, q, factor, zero_moments in pairs:
+        if not p.requires_grad:
+            _copy_frozen(p, q, factor)
+            continue
         weight = safe_get_full_fp32_param(q)
         safe_set_full_fp32_param(p, weight * factor if factor != 1.0 else weight)
         for key in keys:
@@ -220,6 +231,7 @@ def _copy_zero3_local(new_opt, pairs, keys) -> None:
     """ZeRO-3: rank-local copies of this rank's slices (same shapes, so the same slice indices)."""
     for p, q, factor, zero_moments in pairs:
         if not p.requires_grad:
+            _copy_frozen(p, q, factor)
             continue
         weight = safe_get_local_fp32_param(q)
         safe_set_local_fp32_param(p, weight * factor if factor != 1.0 else weight)
@@ -237,7 +249,9 @@ def _copy_zero3_local(new_opt, pairs, keys) -> None:
     for p, q, factor, _ in pairs:
         if id(p) not in persistent:
             continue
-        if factor in (0.0, 1.0) or p.dtype == torch.float32:
+        if q.data.numel() != p.ds_numel:  # no full old replica here (e.g. a frozen one): from the new partitions
+            gather.append(p)
+        elif factor in (0.0, 1.0) or p.dtype == torch.float32:
             # what their all_gather would do (full data, AVAILABLE), from this rank's old replica
             value = (q.data * factor if factor != 1.0 else q.data).to(p.dtype).reshape(p.ds_shape)
             if p.ds_status == ZeroParamStatus.AVAILABLE and p.data.numel() == p.ds_numel:
@@ -330,8 +344,8 @@ def _copy_flat_local(old_opt, new_opt, pairs, keys) -> None:
     # The model weights are full replicas on every rank: copy them locally (in bf16 a scaled copy
     # would round differently from the master's cast: then all-gather them from the masters).
     if any(factor not in (0.0, 1.0) and p.dtype != torch.float32 for p, _, factor, _ in pairs):
-        new_opt.update_lp_params()
-        return
+        new_opt.update_lp_params()  # the optimizer's parameters; frozen ones have no master
+        pairs = [pair for pair in pairs if not pair[0].requires_grad]
     for p, q, factor, _ in pairs:
         p.data.copy_(q.data * factor if factor != 1.0 else q.data)
 

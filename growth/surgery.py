@@ -96,10 +96,22 @@ def build_grown(model: nn.Module, mapping: Sequence[int | None]) -> nn.Module:
     """A new model of ``model``'s class whose config is grown by ``mapping`` (fresh weights, same
     dtype and train mode). Under ZeRO-3 transformers' ``from_config`` builds it partitioned
     (``deepspeed.zero.Init``), so no rank materialises the full grown model."""
+    family = family_of(model)
     config = copy.deepcopy(model.config)
-    family_of(model).update_config(config, list(mapping))
+    family.update_config(config, list(mapping))
     grown = type(model)._from_config(config, dtype=next(model.parameters()).dtype)
     grown.train(model.training)
+    # Frozen stays frozen: each parameter takes requires_grad from the one it comes from (a fresh
+    # layer's from the first old block); from_config would make every parameter trainable.
+    old = dict(model.named_parameters())
+    prefix = family.layers_path
+    for name, p in grown.named_parameters():
+        src = name
+        if name.startswith(prefix + "."):
+            index, _, rest = name[len(prefix) + 1:].partition(".")
+            src = f"{prefix}.{mapping[int(index)] if mapping[int(index)] is not None else 0}.{rest}"
+        if src in old:
+            p.requires_grad_(old[src].requires_grad)
     return grown
 
 

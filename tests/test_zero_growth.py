@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 # zero gives zeroed ones; "copy" / "zero" states give copied and zeroed moments.
 PAIRS = ["3:scaled_copy:copy", "3:zero:zero", "2:scaled_copy:zero"]
 LEAK_CASES = [f"{stage}:copy:copy:local:events3" for stage in (1, 2, 3)]
-CASES = [f"{p}:{m}" for p in PAIRS for m in ("gather", "local")] + LEAK_CASES + ["3:copy:fresh:local", "ddp:copy:fresh:local"]
+FROZEN_CASES = ["3:scaled_copy:copy:local:frozen", "3:scaled_copy:copy:gather:frozen", "2:scaled_copy:copy:local:frozen"]
+CASES = ([f"{p}:{m}" for p in PAIRS for m in ("gather", "local")] + LEAK_CASES + FROZEN_CASES
+         + ["3:copy:fresh:local", "ddp:copy:fresh:local"])
 
 
 def _env():
@@ -101,6 +103,17 @@ def test_no_leak_across_three_engine_rebuilds(runs, case):
         assert r["depth"] == 5 and r["events"] == 3 and len(r["loss"]) == 6
         assert r["old_optimizers_alive"] == []  # indices of the replaced engines' optimizers still reachable
         assert r["old_tensors_alive_bytes"] == 0
+
+
+@pytest.mark.parametrize("case", FROZEN_CASES)
+def test_frozen_parameter_stays_frozen_and_unchanged(runs, case):
+    """A parameter outside the optimizer (frozen embedding: no fp32 master, no moments) keeps its
+    values and its requires_grad across the rebuild (the grown model is built from its config, where
+    every parameter is trainable; ZeRO-3's local copy skipped it, the gather path crashed on it)."""
+    for rank in (0, 1):
+        r = load(runs, case, rank)
+        assert r.get("error") is None and r["depth"] == 4
+        assert r["frozen_kept"] and r["frozen_after"] == ["model.embed_tokens.weight"]
 
 
 def test_zero2_receives_at_most_its_partition(runs):

@@ -1,6 +1,7 @@
 """Growth under ZeRO 1/2/3 with each copy method, in one multi-process launch:
 `torchrun --nproc_per_node 2 tests/zero_worker.py OUT CASE [CASE ...]`, CASE = stage:init:state:method[:bf16]
 (stage 1, 2, 3, or "ddp"; run in this order, DDP ones last). Also runs single-process (`python ...`, stage "single").
+A trailing ":frozen" freezes the input embedding (checked unchanged across the event).
 A trailing ":events3" grows 2 -> 3 -> 4 -> 5 instead (three engine rebuilds; leaks are counted after the last).
 
 Per case, each rank trains a tiny llama 3 steps, grows 2 -> 4 (stack_last) with GROWTH_DISTRIBUTED_COPY=method,
@@ -95,6 +96,8 @@ def run(case: str) -> None:
             os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     unset_hf_deepspeed_config()  # the initial model is built plain, as in every case
     model = tiny_model("llama", layers=2).train()
+    if "frozen" in rest:  # a frozen parameter outside the blocks: no fp32 master, no moments
+        model.model.embed_tokens.weight.requires_grad_(False)
     args = transformers.TrainingArguments(
         os.path.join(out, case.replace(":", "_")), max_steps=max_steps, per_device_train_batch_size=8 // world,
         learning_rate=3e-3, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
@@ -118,8 +121,12 @@ def run(case: str) -> None:
         if zero:
             old_opts.append(weakref.ref(old.optimizer))
             old_tensors.update({id(t): weakref.ref(t) for t in flat_tensors(old.optimizer)})
+        frozen = full_value("model.embed_tokens.weight") if "frozen" in rest else None
         with count_bytes(trace=bool(os.environ.get("GROWTH_COMM_TRACE"))) as c:
             event = grow_now(depth)
+        if frozen is not None:
+            result["frozen_kept"] = torch.equal(frozen, full_value("model.embed_tokens.weight"))
+            result["frozen_after"] = [n for n, p in trainer.model_wrapped.module.named_parameters() if not p.requires_grad]
         result["bytes"] = c.by_phase()
         result["records"] = [r for r in c.records if r["sent"] or r["received"]]
         result["state"] = local_state(trainer.model_wrapped) if zero else optimizer_steps(trainer)
@@ -130,6 +137,13 @@ def run(case: str) -> None:
             result["old_tensors_alive_bytes"] = sum(t().numel() * t().element_size() for t in old_tensors.values()
                                                     if t() is not None)
         return event
+
+    def full_value(name):
+        import deepspeed
+
+        p = dict(trainer.model_wrapped.module.named_parameters())[name]
+        with deepspeed.zero.GatheredParameters([p]):  # ZeRO-3: the full tensor (a no-op otherwise)
+            return p.data.detach().clone()
 
     trainer.grow_now = counted
     trainer.train()
