@@ -76,6 +76,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .memory import trim_heap
+
 logger = logging.getLogger(__name__)
 
 # Bump when the cached layout or the packing changes, so old cache entries are not reused.
@@ -678,6 +680,9 @@ def _prepare_piece(job) -> dict:
     finally:
         for f in files.values():
             f.close()
+        # A worker lives for every piece: without this its RSS grew with the text it had tokenized
+        # (freed buffers kept by glibc; 327 -> 664 MB over 400 MB of text, back to ~310 MB with it).
+        trim_heap()
     return {split: {k: getattr(c, k) for k in c.__slots__} for split, c in counts.items()}
 
 
