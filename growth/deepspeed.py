@@ -206,9 +206,10 @@ def _copy_buffers(old_model, new_model, layers_path: str, mapping) -> None:
 
 
 # --- the copies ------------------------------------------------------------------------------------
-def _copy_frozen(p, q, factor) -> None:
-    """A parameter the optimizer does not hold (requires_grad False: no master, no moments): its
-    storage as is, ZeRO-3's partition slice for slice (same shapes, same slices), else the replica."""
+def _copy_storage(p, q, factor) -> None:
+    """``q``'s own storage into ``p``'s, times ``factor``: ZeRO-3's partition slice for slice (same
+    shapes, same slices), else the full replica. All a parameter the optimizer does not hold
+    (requires_grad False: no master, no moments) needs."""
     src = q.ds_tensor if hasattr(q, "ds_tensor") else q.data
     dst = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
     dst.copy_(src * factor if factor != 1.0 else src)
@@ -218,7 +219,7 @@ def _copy_gather(pairs, keys) -> None:
     """Reference path: each full master / moment gathered on every rank, then scattered."""
     for p, q, factor, zero_moments in pairs:
         if not p.requires_grad:
-            _copy_frozen(p, q, factor)
+            _copy_storage(p, q, factor)
             continue
         weight = safe_get_full_fp32_param(q)
         safe_set_full_fp32_param(p, weight * factor if factor != 1.0 else weight)
@@ -232,7 +233,7 @@ def _copy_zero3_local(new_opt, pairs, keys) -> None:
     """ZeRO-3: rank-local copies of this rank's slices (same shapes, so the same slice indices)."""
     for p, q, factor, zero_moments in pairs:
         if not p.requires_grad:
-            _copy_frozen(p, q, factor)
+            _copy_storage(p, q, factor)
             continue
         weight = safe_get_local_fp32_param(q)
         safe_set_local_fp32_param(p, weight * factor if factor != 1.0 else weight)
@@ -348,7 +349,7 @@ def _copy_flat_local(old_opt, new_opt, pairs, keys) -> None:
         new_opt.update_lp_params()  # the optimizer's parameters; frozen ones have no master
         pairs = [pair for pair in pairs if not pair[0].requires_grad]
     for p, q, factor, _ in pairs:
-        p.data.copy_(q.data * factor if factor != 1.0 else q.data)
+        _copy_storage(p, q, factor)
 
 
 def _holds_tensors(value, depth: int = 0) -> bool:

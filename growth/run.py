@@ -239,12 +239,13 @@ def check_schedule_fits(recipe: Recipe, args, tokenizer) -> None:
     data is prepared; the Trainer resolves them again, from the built model, before step 1."""
     from .flops import training_flops_per_token
     from .models import build_config
+    from .trainer import tokens_per_step as step_tokens
 
     schedule = recipe.growth.schedule
     if recipe.baseline or schedule is None or args.max_steps <= 0:  # epochs: steps known once data is built
         return
     seq = recipe.data.block_size
-    tokens_per_step = seq * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    tokens_per_step = step_tokens(args, seq)
     try:
         config = build_config(recipe.model, len(tokenizer))
     except (OSError, ValueError):

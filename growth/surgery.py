@@ -104,12 +104,11 @@ def build_grown(model: nn.Module, mapping: Sequence[int | None]) -> nn.Module:
     # Frozen stays frozen: each parameter takes requires_grad from the one it comes from (a fresh
     # layer's from the first old block); from_config would make every parameter trainable.
     old = dict(model.named_parameters())
-    prefix = family.layers_path
+    layers = family.layers(model)
+    names = [n for n, _ in layers[0].named_parameters()]
+    sources = parameter_sources(family, [0 if src is None else src for src in mapping], len(layers), names)
     for name, p in grown.named_parameters():
-        src = name
-        if name.startswith(prefix + "."):
-            index, _, rest = name[len(prefix) + 1:].partition(".")
-            src = f"{prefix}.{mapping[int(index)] if mapping[int(index)] is not None else 0}.{rest}"
+        src = sources.get(name, name)  # outside the blocks: the same name
         if src in old:
             p.requires_grad_(old[src].requires_grad)
     return grown

@@ -32,6 +32,11 @@ from .schedule import GrowthSchedule
 from .surgery import build_grown
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def tokens_per_step(args, seq_len: int) -> int:
+    """Tokens of one optimizer step over all ranks (TrainingArguments ``args``)."""
+    return seq_len * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 EVENTS_FILE = "growth_events.jsonl"
 
 
@@ -101,8 +106,7 @@ class GrowingTrainerMixin:
 
     # --- schedule and compute, as pure functions of the step ---------------------------------
     def _tokens_per_step(self) -> int:
-        a = self.args
-        return self._growth_seq_len * a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        return tokens_per_step(self.args, self._growth_seq_len)
 
     def _flops_per_token(self, depth: int) -> float:
         # Memoized: every log asks for it, and each HF config attribute read costs microseconds.
